@@ -1,0 +1,26 @@
+"""Perfusion for ComfyUI: key-locked rank-1 editing of cross-attention.
+
+ComfyUI imports this package from custom_nodes/. The math lives in
+perfusion_core/ (no ComfyUI imports); nodes/ holds the glue.
+"""
+
+import os
+import sys
+
+# perfusion_core is imported by absolute name, as in the tests and tools. Appended,
+# not prepended: our folder also holds `nodes/`, which must never shadow ComfyUI's
+# own `nodes` module.
+_here = os.path.dirname(os.path.abspath(__file__))
+if _here not in sys.path:
+    sys.path.append(_here)
+
+try:
+    import folder_paths  # noqa: F401  (exists only where ComfyUI's source tree is importable)
+except ModuleNotFoundError:
+    # Imported outside ComfyUI (e.g. by pytest collecting this folder): no nodes to register.
+    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
+else:
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+WEB_DIRECTORY = None
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

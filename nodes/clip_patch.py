@@ -1,0 +1,187 @@
+"""Gives a ComfyUI CLIP the concepts' trigger words (and the global-lock K input).
+
+- Trigger embedding: ``CLIP.clone()`` shares its tokenizer, so we never touch
+  it; the clone gets a wrapper tokenizer. It swaps each trigger word for a
+  sentinel word that is one token and absent from the prompt, tokenizes with
+  the real tokenizer (weights, chunking and padding stay ComfyUI's), then puts
+  the learned embedding tensor where the sentinel token landed. ComfyUI's
+  encoder accepts tensors in place of token ids. No file is written.
+- Global key-locking: the tokenizer also emits the prompt with each
+  global-lock trigger replaced by its superclass word, under an extra key that
+  stock encoders ignore; an object patch on the CLIP patcher's
+  ``encode_token_weights`` encodes it and attaches it to the conditioning as a
+  model cond that reaches the UNet (see nodes/model_patch.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from perfusion_core.concept import Concept, ConceptError
+
+from .model_patch import K_CONTEXT_COND
+
+SUPERCLASS_TOKENS = "perfusion_superclass_tokens"
+# Rare words that CLIP's BPE keeps as one token; one is chosen per trigger and prompt.
+SENTINEL_CANDIDATES = ("sks", "ohwx", "zwx", "xqz", "vqv", "jxj", "qwq", "zkz", "pqp", "kxk", "wzw", "yqy")
+log = logging.getLogger(__name__)
+
+
+def trigger_pattern(trigger: str) -> re.Pattern:
+    """The trigger as a whole word, case-insensitive (CLIP lowercases anyway)."""
+    return re.compile(r"(?<![\w])" + re.escape(trigger.strip()) + r"(?![\w])", re.IGNORECASE)
+
+
+def token_ids(tokens: dict[str, list]) -> dict[str, set]:
+    return {key: {t[0] for batch in batches for t in batch if isinstance(t[0], int)} for key, batches in tokens.items()
+            if isinstance(batches, list)}
+
+
+def single_token_id(tokenizer: Any, word: str) -> dict[str, int] | None:
+    """Per tokenizer key, the id of ``word`` if it tokenizes to exactly one token, else None."""
+    empty = tokenizer.tokenize_with_weights("")
+    with_word = tokenizer.tokenize_with_weights(word)
+    out = {}
+    for key, batches in with_word.items():
+        a, b = [t[0] for t in empty[key][0]], [t[0] for t in batches[0]]
+        pos = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+        if pos is None or b[pos + 1:] != a[pos:len(b) - 1]:
+            return None
+        out[key] = b[pos]
+    return out
+
+
+def embedding_sizes(tokenizer: Any) -> dict[str, int]:
+    """Token-embedding width per tokenizer key ("l": 768, "g": 1280, "h": 1024)."""
+    out = {}
+    for key in tokenizer.tokenize_with_weights(""):
+        sub = getattr(tokenizer, f"clip_{key}", None) or getattr(tokenizer, getattr(tokenizer, "clip", ""), None)
+        size = getattr(sub, "embedding_size", None)
+        if size is not None:
+            out[key] = int(size)
+    return out
+
+
+@dataclass(frozen=True)
+class TriggerEntry:
+    trigger: str
+    superclass: str
+    embeddings: dict[str, torch.Tensor]
+    global_lock: bool
+
+    @property
+    def pattern(self) -> re.Pattern:
+        return trigger_pattern(self.trigger)
+
+
+class TriggerTokenizer:
+    """Tokenizer wrapper: everything is delegated except tokenize_with_weights."""
+
+    def __init__(self, base: Any, entries: list[TriggerEntry]) -> None:
+        self.base = base
+        self.entries = entries
+        self._sentinels = [(w, ids) for w in SENTINEL_CANDIDATES if (ids := single_token_id(base, w)) is not None]
+
+    def __getattr__(self, name: str) -> Any:  # only called for attributes we do not define
+        return getattr(self.__dict__["base"], name)
+
+    def tokenize_with_weights(self, text: str, return_word_ids: bool = False, **kwargs: Any) -> dict:
+        tokens = self._embed(text, [e for e in self.entries if e.embeddings], return_word_ids, **kwargs)
+        global_entries = [e for e in self.entries if e.global_lock and e.pattern.search(text)]
+        if global_entries:
+            super_text = text
+            for e in global_entries:
+                super_text = e.pattern.sub(e.superclass, super_text)
+            local = [e for e in self.entries if e.embeddings and e not in global_entries]
+            tokens[SUPERCLASS_TOKENS] = self._embed(super_text, local, return_word_ids, **kwargs)
+        return tokens
+
+    def _embed(self, text: str, entries: list[TriggerEntry], return_word_ids: bool, **kwargs: Any) -> dict:
+        present = [e for e in entries if e.pattern.search(text)]
+        if not present:
+            return self.base.tokenize_with_weights(text, return_word_ids, **kwargs)
+        used = token_ids(self.base.tokenize_with_weights(text, **kwargs))
+        free = [(w, ids) for w, ids in self._sentinels if all(ids[k] not in used.get(k, ()) for k in ids)]
+        if len(free) < len(present):
+            raise ConceptError(f"prompt uses too many Perfusion triggers at once ({len(present)}); at most {len(free)}")
+        swap: dict[tuple[str, int], torch.Tensor] = {}
+        for entry, (word, ids) in zip(present, free):
+            text = entry.pattern.sub(word, text)
+            for key, tid in ids.items():
+                swap[(key, tid)] = entry.embeddings[key]
+        tokens = self.base.tokenize_with_weights(text, return_word_ids, **kwargs)
+        for key, batches in tokens.items():
+            for batch in batches:
+                for i, tok in enumerate(batch):
+                    emb = swap.get((key, tok[0])) if isinstance(tok[0], int) else None
+                    if emb is not None:
+                        batch[i] = (emb,) + tuple(tok[1:])
+        return tokens
+
+
+class SuperclassContextEncoder:
+    """Object patch for ``encode_token_weights``: attaches the global-lock K input."""
+
+    def __init__(self, base_encode: Callable) -> None:
+        self.base_encode = base_encode
+
+    def __call__(self, tokens: Any) -> tuple:
+        import comfy.conds
+
+        super_tokens = None
+        if isinstance(tokens, dict) and SUPERCLASS_TOKENS in tokens:
+            super_tokens = tokens[SUPERCLASS_TOKENS]
+            tokens = {k: v for k, v in tokens.items() if k != SUPERCLASS_TOKENS}
+        out = self.base_encode(tokens)
+        cond = out[0]
+        # A prompt without a global-lock trigger (e.g. the negative) still gets a K
+        # input equal to its own encoding, so cond and uncond batch together.
+        k_cond = self.base_encode(super_tokens)[0] if super_tokens is not None else cond
+        if k_cond.shape != cond.shape:
+            log.warning("Perfusion: superclass prompt encodes to %s, prompt to %s; using local lock",
+                        tuple(k_cond.shape), tuple(cond.shape))
+            k_cond = cond
+        extra = dict(out[2]) if len(out) > 2 else {}
+        model_conds = dict(extra.get("model_conds", {}))
+        model_conds[K_CONTEXT_COND] = comfy.conds.CONDCrossAttn(k_cond)
+        extra["model_conds"] = model_conds
+        return (out[0], out[1], extra)
+
+
+def check_embeddings(concept: Concept, sizes: dict[str, int], source: str) -> None:
+    """A trained concept must carry one embedding per text encoder, of the right width."""
+    if not concept.embeddings:
+        return
+    for key, size in sizes.items():
+        emb = concept.embeddings.get(key)
+        if emb is None:
+            raise ConceptError(f"{source}: concept '{concept.trigger}' has no embedding for text encoder '{key}' "
+                               f"(it has {sorted(concept.embeddings)})")
+        if emb.shape[-1] != size:
+            raise ConceptError(f"{source}: concept '{concept.trigger}' embedding '{key}' has width {emb.shape[-1]}; "
+                               f"this CLIP expects {size}")
+
+
+def install(clip: Any, concepts: list[Concept], source: str) -> Any:
+    """A clone of ``clip`` that knows the triggers of ``concepts`` (added to any it already knows)."""
+    patched = clip.clone()
+    base = patched.tokenizer
+    previous: list[TriggerEntry] = []
+    if isinstance(base, TriggerTokenizer):
+        previous, base = base.entries, base.base
+    sizes = embedding_sizes(base)
+    entries = [e for e in previous if all(e.trigger.lower() != c.trigger.lower() for c in concepts)]
+    for c in concepts:
+        check_embeddings(c, sizes, source)
+        entries.append(TriggerEntry(c.trigger, c.superclass, dict(c.embeddings), c.gate.lock == "global"))
+    patched.tokenizer = TriggerTokenizer(base, entries)
+    if any(e.global_lock for e in entries):
+        current = patched.patcher.get_model_object("encode_token_weights")
+        if not isinstance(current, SuperclassContextEncoder):
+            patched.patcher.add_object_patch("encode_token_weights", SuperclassContextEncoder(current))
+    return patched

@@ -1,0 +1,123 @@
+"""Concept files in and out of the graph, and the inference gate."""
+
+from __future__ import annotations
+
+import os
+
+import folder_paths
+
+from perfusion_core.concept import LOCK_MODES, Concept
+from perfusion_core.concept_file import load_concept, save_concept, unique_path
+
+from . import folders
+
+CONCEPT = "PERFUSION_CONCEPT"
+CATEGORY = "perfusion"
+FROM_CONCEPT = "concept default"
+
+
+class LoadPerfusionConcept:
+    DESCRIPTION = "Load a Perfusion concept (.safetensors) from models/perfusion."
+    RETURN_TYPES = (CONCEPT,)
+    RETURN_NAMES = ("concept",)
+    OUTPUT_TOOLTIPS = ("The concept with its stored gate defaults; feed ConceptGate or ApplyKeyLockedEdit.",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {"concept_name": (folder_paths.get_filename_list(folders.FOLDER), {
+            "tooltip": "A concept file in models/perfusion (or a 'perfusion:' path of extra_model_paths.yaml). "
+                       "Press R in the UI to refresh the list after adding files."})}}
+
+    @classmethod
+    def IS_CHANGED(cls, concept_name: str) -> str:
+        path = folder_paths.get_full_path(folders.FOLDER, concept_name)
+        if path is None:
+            return ""
+        st = os.stat(path)
+        return f"{st.st_mtime_ns}:{st.st_size}"
+
+    def load(self, concept_name: str) -> tuple[Concept]:
+        return (load_concept(folder_paths.get_full_path_or_raise(folders.FOLDER, concept_name)),)
+
+
+class ConceptGate:
+    DESCRIPTION = ("Set how strongly and where a concept acts: the sigmoid gate (beta, tau), its strength, "
+                   "the part of denoising it is active in, and local or global key-locking.")
+    RETURN_TYPES = (CONCEPT,)
+    RETURN_NAMES = ("concept",)
+    OUTPUT_TOOLTIPS = ("The same concept with these inference settings.",)
+    FUNCTION = "gate"
+    CATEGORY = CATEGORY
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "concept": (CONCEPT, {"tooltip": "The concept to configure."}),
+            "beta": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 2.0, "step": 0.01, "tooltip":
+                     "Gate bias, 0 to 2. Lower spreads the concept onto more tokens (more likeness, less prompt "
+                     "following); higher confines it. Typical 0.6-0.75 with local lock, 0.4-0.6 with global. "
+                     "-1 = the concept's stored default (0.7 if it has none)."}),
+            "tau": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 1.0, "step": 0.01, "tooltip":
+                    "Gate temperature, > 0 (0.15 is the paper's inference value); smaller = sharper on/off. "
+                    "-1 = the concept's stored default."}),
+            "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip":
+                         "Scales the concept's whole contribution to the edit: 0 = as if the concept were absent, "
+                         "1 = as trained. Default 1."}),
+            "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                              "Denoising progress (0 = first step) at which the concept starts acting. Default 0."}),
+            "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                            "Denoising progress (1 = last step) after which the concept stops acting. Default 1."}),
+            "lock_mode": ([FROM_CONCEPT, *LOCK_MODES], {"default": FROM_CONCEPT, "tooltip":
+                          "local: keys of the trigger are locked to the superclass's keys. global: the whole "
+                          "prompt's keys come from the prompt with the superclass word (richer scenes, more "
+                          "variation; use a lower beta). Default: the concept's stored mode (local)."}),
+        }}
+
+    def gate(self, concept: Concept, beta: float, tau: float, strength: float, start_percent: float,
+             end_percent: float, lock_mode: str) -> tuple[Concept]:
+        stored = concept.gate
+        return (concept.with_gate(
+            beta=stored.beta if beta < 0 else beta,
+            tau=stored.tau if tau <= 0 else tau,
+            strength=strength, start_percent=start_percent, end_percent=end_percent,
+            lock=stored.lock if lock_mode == FROM_CONCEPT else lock_mode),)
+
+
+class SavePerfusionConcept:
+    DESCRIPTION = "Save a concept to models/perfusion. Never overwrites: a counter is added to the name."
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "save"
+    CATEGORY = CATEGORY
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "concept": (CONCEPT, {"tooltip": "The concept to write."}),
+            "filename_prefix": ("STRING", {"default": "concept", "tooltip":
+                                "File name (without extension) under models/perfusion; sub-folders allowed."}),
+        }}
+
+    def save(self, concept: Concept, filename_prefix: str) -> dict:
+        root = os.path.realpath(folders.output_dir())
+        target = os.path.realpath(os.path.join(root, filename_prefix.strip() + ".safetensors"))
+        if not target.startswith(root + os.sep):
+            raise ValueError(f"SavePerfusionConcept: filename_prefix {filename_prefix!r} leaves the perfusion folder")
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        path = save_concept(concept, unique_path(target))
+        name = os.path.relpath(path, root)
+        return {"ui": {"text": [name]}, "result": ()}
+
+
+NODE_CLASS_MAPPINGS = {
+    "LoadPerfusionConcept": LoadPerfusionConcept,
+    "ConceptGate": ConceptGate,
+    "SavePerfusionConcept": SavePerfusionConcept,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "LoadPerfusionConcept": "Load Perfusion Concept",
+    "ConceptGate": "Perfusion Concept Gate",
+    "SavePerfusionConcept": "Save Perfusion Concept",
+}

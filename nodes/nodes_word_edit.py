@@ -1,0 +1,56 @@
+"""PerfusionWordEdit: a concept made without training (render one word as another)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from perfusion_core.concept import Concept, ConceptError
+from perfusion_core.word_edit import word_edit_concept
+
+from . import host_model
+from .encoding import encode_word
+from .nodes_concept import CATEGORY, CONCEPT
+
+NODE = "PerfusionWordEdit"
+
+
+class PerfusionWordEdit:
+    DESCRIPTION = ("Build a concept with no training that makes the model read one word as another "
+                   "(e.g. every 'cat' rendered as a 'dog'): keys and values of the trigger word are "
+                   "edited to those of the target word. Useful as a demo and a check of the setup.")
+    RETURN_TYPES = (CONCEPT,)
+    RETURN_NAMES = ("concept",)
+    OUTPUT_TOOLTIPS = ("A concept for this model's layout; save it or apply it.",)
+    FUNCTION = "build"
+    CATEGORY = CATEGORY
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The model whose value weights define the targets."}),
+            "clip": ("CLIP", {"tooltip": "The CLIP of the same checkpoint (with its CLIPSetLastLayer, if any)."}),
+            "trigger_word": ("STRING", {"default": "cat", "tooltip": "The word to edit (one word)."}),
+            "target_word": ("STRING", {"default": "dog", "tooltip": "What the trigger should become (one word)."}),
+            "template": ("STRING", {"default": "a photo of a {}", "tooltip":
+                         "Prompt in which both words are encoded; must contain {} once."}),
+        }}
+
+    def build(self, model: Any, clip: Any, trigger_word: str, target_word: str, template: str) -> tuple[Concept]:
+        trigger, target = trigger_word.strip(), target_word.strip()
+        for name, word in (("trigger_word", trigger), ("target_word", target)):
+            if not word or any(ch.isspace() for ch in word):
+                raise ConceptError(f"{NODE}: {name} must be one word, got {word!r}")
+        if trigger.lower() == target.lower():
+            raise ConceptError(f"{NODE}: trigger_word and target_word are both {trigger!r}; nothing to edit")
+        family = host_model.model_family(model)
+        layers = host_model.cross_attention_layers(model)
+        concept = word_edit_concept(
+            trigger=trigger, target=target,
+            i_trigger=encode_word(clip, template, trigger), i_target=encode_word(clip, template, target),
+            value_weights={layer: host_model.value_weight(model, layer) for layer in layers},
+            family=family, text_encoder=host_model.text_encoder_id(clip))
+        return (concept,)
+
+
+NODE_CLASS_MAPPINGS = {NODE: PerfusionWordEdit}
+NODE_DISPLAY_NAME_MAPPINGS = {NODE: "Perfusion Word Edit (no training)"}

@@ -1,0 +1,1 @@
+"""Perfusion math, concept format and statistics; plain torch, no ComfyUI imports."""

@@ -1,0 +1,542 @@
+"""Concept files, format version 1: one small safetensors file per concept.
+
+Why this layout (method notes §5, §7, §9):
+  * Only what inference needs is stored: i*, u = C^-1 i* (so C itself, 2.4 MB
+    for SDXL, never travels), i_super (key targets are recomputed as
+    W_K i_super on the model in use), one value target per layer and
+    timestep set, and the trigger embedding(s). An SD1.5 concept is ~40 KB in fp16.
+  * Tensors: ``i_star``, ``u``, ``i_super`` in float32 (u feeds the ratio
+    r = u.e / E, which fp16 would coarsen), ``v_target.<layer>`` (S, d_out)
+    and ``embedding.<key>`` (dim,) in the file's storage dtype.
+  * Metadata: one key ``perfusion`` holding a JSON object (see _metadata).
+
+Loading trusts nothing: files come from strangers. The header length is read
+by hand and bounded before anything is parsed, pickles renamed to
+.safetensors are recognised and refused, and every field, name, dtype, shape
+and value is checked; each failure is a ConceptError that starts with the file
+name and says exactly what is wrong. Saving is atomic and never overwrites
+unless asked to.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import tempfile
+import unicodedata
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as _safetensors_load
+from safetensors.torch import save as _safetensors_save
+
+from .concept import FAMILIES, LOCK_MODES, Concept, ConceptError, Gate, TextEncoderId
+
+FORMAT_VERSION = 1
+METADATA_KEY = "perfusion"
+MAX_FILE_BYTES = 64 * 1024 * 1024
+MAX_HEADER_BYTES = 256 * 1024  # tensor table + metadata; SDXL needs ~20 KiB
+MAX_METADATA_BYTES = 64 * 1024
+MAX_WORD_CHARS = 64
+
+DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+_FILE_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}  # safetensors names
+FAMILY_NAMES: dict[str, str] = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
+# ComfyUI tokenizer keys whose word embeddings a trigger may carry, per family.
+EMBEDDING_KEYS: dict[str, tuple[str, ...]] = {"sd1": ("l",), "sd2": ("h",), "sdxl": ("l", "g")}
+# Prompt-syntax characters (weights, escapes, embedding:, wildcards, separators).
+_PROMPT_SYNTAX = set("()[]{}:,\\|\"")
+_META_FIELDS = ("format_version", "family", "context_dim", "text_encoder", "statistics", "trigger",
+                "superclass", "layers", "timestep_sets", "embeddings", "defaults", "training", "dtype")
+_GATE_FIELDS = ("beta", "tau", "strength", "start_percent", "end_percent", "lock")
+_Fail = Callable[[str], ConceptError]
+_PICKLE_MAGIC = tuple(bytes([0x80, proto]) for proto in range(2, 6))
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def word_problem(word: object, what: str = "trigger", allow_spaces: bool = False) -> str | None:
+    """Why ``word`` cannot be used inside a prompt, or None if it can.
+
+    A trigger must survive ComfyUI's prompt parser as one plain word: no
+    whitespace, no control characters, none of the weighting/escape/embedding
+    syntax characters, and at least one letter or digit.
+    """
+    if not isinstance(word, str):
+        return f"{what} must be a string, got {type(word).__name__}"
+    if not word.strip():
+        return f"{what} is empty or only whitespace"
+    if len(word) > MAX_WORD_CHARS:
+        return f"{what} is {len(word)} characters long (at most {MAX_WORD_CHARS})"
+    if word != word.strip():
+        return f"{what} {word!r} has leading or trailing whitespace"
+    for ch in word:
+        if ch.isspace() and not (allow_spaces and ch == " "):
+            return f"{what} {word!r} cannot be a prompt word: it contains whitespace"
+        if unicodedata.category(ch).startswith("C"):
+            return f"{what} {word!r} cannot be a prompt word: it contains control character U+{ord(ch):04X}"
+        if ch in _PROMPT_SYNTAX:
+            return f"{what} {word!r} cannot be a prompt word: it contains prompt-syntax character {ch!r}"
+    if not any(ch.isalnum() for ch in word):
+        return f"{what} {word!r} cannot be a prompt word: it has no letter or digit"
+    return None
+
+
+def unique_path(path: str | Path) -> Path:
+    """``path`` if nothing exists there yet, else ``<stem>_00001<suffix>``, ``_00002``, ...
+
+    For callers that want "never overwrite, pick a new name". Another writer
+    may still take the name before we do; save_concept (overwrite=False) then
+    refuses instead of clobbering, so the caller can simply ask again.
+    """
+    path = Path(path)
+    if not path.exists():
+        return path
+    for counter in range(1, 100_000):
+        candidate = path.with_name(f"{path.stem}_{counter:05d}{path.suffix}")
+        if not candidate.exists():
+            return candidate
+    raise ConceptError(f"{path.name}: no free name left (tried {path.stem}_00001 to _99999)")
+
+
+# ----------------------------------------------------------------------------- saving
+
+def save_concept(concept: Concept, path: str | Path, dtype: torch.dtype = torch.float16,
+                 overwrite: bool = False) -> Path:
+    """Write ``concept`` to ``path`` atomically; returns the path written.
+
+    v targets and embeddings are stored in ``dtype`` (float16, bfloat16 or
+    float32); i*, u and i_super always in float32. The bytes are validated by
+    the loader before they touch the disk, so a file we write always loads.
+    Raises ConceptError if the concept is invalid, does not fit ``dtype``, or
+    the file exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    name = path.name
+    dtype_name = next((k for k, v in DTYPES.items() if v == dtype), None)
+    if dtype_name is None:
+        raise ConceptError(f"{name}: cannot save in {dtype}; use one of {', '.join(DTYPES)}")
+    problem = concept_problem(concept)
+    if problem is not None:
+        raise ConceptError(f"{name}: cannot save concept: {problem}")
+    if path.exists() and not overwrite:
+        raise ConceptError(f"{name}: already exists; refusing to overwrite it "
+                           f"(pass overwrite=True, or choose a new name, e.g. {unique_path(path).name})")
+
+    tensors = {"i_star": concept.i_star, "u": concept.u, "i_super": concept.i_super}
+    tensors = {k: v.detach().to("cpu", torch.float32).clone().contiguous() for k, v in tensors.items()}
+    for prefix, group in (("v_target.", concept.v_targets), ("embedding.", concept.embeddings)):
+        for key, value in group.items():
+            stored = value.detach().to("cpu", dtype).clone().contiguous()
+            if not bool(torch.isfinite(stored).all()):
+                raise ConceptError(f"{name}: cannot save concept: {prefix}{key} has values outside the "
+                                   f"{dtype_name} range; save as float32 or bfloat16")
+            tensors[prefix + key] = stored
+    try:
+        meta_json = json.dumps(_metadata(concept, dtype_name), allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise ConceptError(f"{name}: cannot save concept: metadata is not plain JSON ({exc})") from exc
+    if len(meta_json.encode()) > MAX_METADATA_BYTES:
+        raise ConceptError(f"{name}: cannot save concept: metadata is {len(meta_json.encode())} bytes "
+                           f"(at most {MAX_METADATA_BYTES}); trim the training info")
+    data = _safetensors_save(tensors, metadata={METADATA_KEY: meta_json})
+    concept_from_bytes(data, name)  # never write what load_concept would refuse
+    _write_atomic(path, data, overwrite)
+    return path
+
+
+def _metadata(concept: Concept, dtype_name: str) -> dict[str, Any]:
+    gate = concept.gate
+    return {
+        "format_version": FORMAT_VERSION,
+        "family": concept.family,
+        "context_dim": concept.context_dim,
+        "text_encoder": {"name": concept.text_encoder.name, "layer": concept.text_encoder.layer},
+        "statistics": concept.statistics,
+        "trigger": concept.trigger,
+        "superclass": concept.superclass,
+        "layers": concept.layer_dims,
+        "timestep_sets": concept.timestep_sets,
+        "embeddings": {k: int(v.shape[0]) for k, v in concept.embeddings.items()},
+        "defaults": {f: getattr(gate, f) for f in _GATE_FIELDS},
+        "training": concept.training,
+        "dtype": dtype_name,
+    }
+
+
+def _write_atomic(path: Path, data: bytes, overwrite: bool) -> None:
+    """Temp file in the target directory, fsync, then rename into place.
+
+    Without overwrite the final step is a hard link, which fails if the name
+    was taken meanwhile (no check-then-replace race); filesystems without
+    hard links fall back to a checked os.replace.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise ConceptError(f"{path.name}: could not write the file ({exc})") from exc
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise ConceptError(f"{path.name}: already exists; refusing to overwrite it") from None
+            except OSError:
+                if path.exists():
+                    raise ConceptError(f"{path.name}: already exists; refusing to overwrite it") from None
+                os.replace(tmp, path)
+    except OSError as exc:
+        raise ConceptError(f"{path.name}: could not write the file ({exc}); nothing was written") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable where the OS allows it (not on Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------- loading
+
+def load_concept(path: str | Path) -> Concept:
+    """Read and fully validate a concept file; tensors come back float32 on CPU."""
+    path = Path(path)
+    name = path.name
+    if not path.exists():
+        raise ConceptError(f"{name}: file not found")
+    if not path.is_file():
+        raise ConceptError(f"{name}: not a file")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ConceptError(f"{name}: file is {size / 2**20:.1f} MiB; a concept file is at most "
+                           f"{MAX_FILE_BYTES // 2**20} MiB (is this a model checkpoint or LoRA?)")
+    with path.open("rb") as handle:
+        data = handle.read(MAX_FILE_BYTES + 1)
+    return concept_from_bytes(data, name)
+
+
+def concept_from_bytes(data: bytes, name: str) -> Concept:
+    """Parse and validate the bytes of a concept file; ``name`` prefixes every error."""
+    def fail(problem: str) -> ConceptError:
+        return ConceptError(f"{name}: {problem}")
+
+    header = _read_header(data, fail)
+    meta = _read_metadata(header, fail)
+    fields = _check_metadata(meta, fail)
+    tensors = _read_tensors(data, header, fields, fail)
+    gate = Gate(**fields["defaults"])
+    concept = Concept(
+        trigger=fields["trigger"], superclass=fields["superclass"], family=fields["family"],
+        text_encoder=TextEncoderId(**fields["text_encoder"]),
+        i_star=tensors["i_star"], u=tensors["u"], i_super=tensors["i_super"],
+        v_targets={layer: tensors["v_target." + layer] for layer in fields["layers"]},
+        embeddings={key: tensors["embedding." + key] for key in fields["embeddings"]},
+        gate=gate, statistics=fields["statistics"], training=fields["training"])
+    problem = concept_problem(concept)
+    if problem is not None:
+        raise fail(problem)
+    return concept
+
+
+def _read_header(data: bytes, fail: _Fail) -> dict[str, Any]:
+    """The safetensors JSON header, after bounding its length by hand."""
+    if data.startswith(_PICKLE_MAGIC) or data.startswith(_ZIP_MAGIC):
+        raise fail("is a pickled PyTorch file (.pt/.ckpt/.bin) renamed to .safetensors, not a "
+                   "safetensors file; refusing to open it (pickles can run arbitrary code)")
+    if len(data) < 8:
+        raise fail(f"not a safetensors file: only {len(data)} bytes")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > MAX_HEADER_BYTES:
+        raise fail(f"not a safetensors file or corrupt header: header length {header_len} bytes "
+                   f"exceeds the {MAX_HEADER_BYTES // 1024} KiB limit")
+    if 8 + header_len > len(data):
+        raise fail(f"truncated: the header claims {header_len} bytes but the file has only "
+                   f"{len(data) - 8} after the length field")
+    try:
+        header = json.loads(data[8:8 + header_len].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise fail(f"not a safetensors file or corrupt header: header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise fail("corrupt safetensors header: expected a JSON object")
+    return header
+
+
+def _read_metadata(header: dict[str, Any], fail: _Fail) -> dict[str, Any]:
+    extra = header.get("__metadata__")
+    if not isinstance(extra, dict) or METADATA_KEY not in extra:
+        raise fail(f"no '{METADATA_KEY}' metadata: this safetensors file is not a Perfusion concept "
+                   "(a LoRA, an embedding or a checkpoint?)")
+    raw = extra[METADATA_KEY]
+    if not isinstance(raw, str):
+        raise fail(f"'{METADATA_KEY}' metadata must be a JSON string, got {type(raw).__name__}")
+    if len(raw.encode("utf-8")) > MAX_METADATA_BYTES:
+        raise fail(f"'{METADATA_KEY}' metadata is {len(raw.encode('utf-8'))} bytes; "
+                   f"the limit is {MAX_METADATA_BYTES // 1024} KiB")
+    try:
+        meta = json.loads(raw, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise fail(f"'{METADATA_KEY}' metadata is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise fail(f"'{METADATA_KEY}' metadata must be a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+def _reject_constant(token: str) -> None:
+    raise ValueError(f"{token} is not allowed")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+def _check_metadata(meta: dict[str, Any], fail: _Fail) -> dict[str, Any]:
+    """Type- and range-check every metadata field; returns them, normalised."""
+    if "format_version" not in meta:
+        raise fail("metadata field 'format_version' is missing")
+    version = meta["format_version"]
+    if not _is_int(version):
+        raise fail(f"metadata field 'format_version' must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise fail(f"format_version {version} was made by a newer version of this pack "
+                   f"(this one reads format {FORMAT_VERSION}); update the node pack")
+    if version < 1:
+        raise fail(f"format_version {version} is not valid (must be >= 1)")
+    missing = [f for f in _META_FIELDS if f not in meta]
+    if missing:
+        raise fail(f"metadata field(s) missing: {', '.join(missing)}")
+    unknown = sorted(set(meta) - set(_META_FIELDS))
+    if unknown:
+        raise fail(f"unknown metadata field(s): {', '.join(unknown)}")
+
+    def need(ok: bool, field: str, expected: str) -> None:
+        if not ok:
+            value = _dotted(meta, field)
+            raise fail(f"metadata field '{field}' must be {expected}, got {type(value).__name__} {value!r:.60}")
+
+    family = meta["family"]
+    need(isinstance(family, str), "family", "a string")
+    if family not in FAMILIES:
+        raise fail(f"unknown base family {family!r} (known: {', '.join(FAMILIES)})")
+    need(_is_int(meta["context_dim"]) and meta["context_dim"] > 0, "context_dim", "a positive integer")
+    encoder = meta["text_encoder"]
+    need(isinstance(encoder, dict) and set(encoder) == {"name", "layer"}, "text_encoder",
+         "an object with exactly 'name' and 'layer'")
+    need(isinstance(encoder["name"], str) and encoder["name"].strip() != "", "text_encoder.name",
+         "a non-empty string")
+    need(encoder["layer"] is None or _is_int(encoder["layer"]), "text_encoder.layer", "an integer or null")
+    need(isinstance(meta["statistics"], str) and meta["statistics"].strip() != "", "statistics",
+         "a non-empty string")
+    for word in ("trigger", "superclass"):
+        problem = word_problem(meta[word], word, allow_spaces=word == "superclass")
+        if problem is not None:
+            raise fail(problem)
+    layers = meta["layers"]
+    need(isinstance(layers, dict) and len(layers) > 0, "layers", "a non-empty object {layer: d_out}")
+    for layer, d_out in layers.items():
+        if not layer.strip():
+            raise fail("metadata field 'layers' has an empty layer name")
+        if not (_is_int(d_out) and d_out > 0):
+            raise fail(f"metadata field 'layers' gives layer {layer!r} width {d_out!r}; must be a positive integer")
+    need(_is_int(meta["timestep_sets"]) and meta["timestep_sets"] > 0, "timestep_sets", "a positive integer")
+    embeddings = meta["embeddings"]
+    need(isinstance(embeddings, dict), "embeddings", "an object {tokenizer key: dim}")
+    allowed = EMBEDDING_KEYS[family]
+    for key, dim in embeddings.items():
+        if key not in allowed:
+            raise fail(f"embedding key {key!r} does not exist for {FAMILY_NAMES[family]} "
+                       f"(text encoders: {', '.join(allowed)})")
+        if not (_is_int(dim) and dim > 0):
+            raise fail(f"metadata field 'embeddings' gives {key!r} dimension {dim!r}; must be a positive integer")
+    defaults = meta["defaults"]
+    need(isinstance(defaults, dict) and set(defaults) == set(_GATE_FIELDS), "defaults",
+         f"an object with exactly {', '.join(_GATE_FIELDS)}")
+    for field in _GATE_FIELDS[:-1]:
+        need(_is_number(defaults[field]), f"defaults.{field}", "a finite number")
+    if defaults["lock"] not in LOCK_MODES:
+        raise fail(f"default lock must be one of {', '.join(LOCK_MODES)}, got {defaults['lock']!r}")
+    try:
+        Gate(**{f: (float(v) if f != "lock" else v) for f, v in defaults.items()})
+    except ConceptError as exc:
+        raise fail(f"default {exc}") from None
+    need(isinstance(meta["training"], dict), "training", "an object")
+    need(isinstance(meta["dtype"], str) and meta["dtype"] in DTYPES, "dtype", f"one of {', '.join(DTYPES)}")
+    out = dict(meta)
+    out["defaults"] = {f: (float(v) if f != "lock" else v) for f, v in defaults.items()}
+    return out
+
+
+def _dotted(meta: dict[str, Any], field: str) -> object:
+    value: object = meta
+    for part in field.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _read_tensors(data: bytes, header: dict[str, Any], fields: dict[str, Any], fail: _Fail) -> dict[str, torch.Tensor]:
+    """Check the tensor table against the metadata, then decode to float32."""
+    dim, sets = fields["context_dim"], fields["timestep_sets"]
+    expected: dict[str, tuple[int, ...]] = {"i_star": (dim,), "u": (dim,), "i_super": (dim,)}
+    expected.update({"v_target." + layer: (sets, d_out) for layer, d_out in fields["layers"].items()})
+    expected.update({"embedding." + key: (d,) for key, d in fields["embeddings"].items()})
+    present = {k: v for k, v in header.items() if k != "__metadata__"}
+    missing = [k for k in expected if k not in present]
+    if missing:
+        raise fail(f"missing tensor(s): {_few(missing)}")
+    extra = [k for k in present if k not in expected]
+    if extra:
+        raise fail(f"unexpected tensor(s): {_few(extra)}")
+    end = 0
+    for key, entry in present.items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("dtype"), str)
+                and isinstance(entry.get("shape"), list) and isinstance(entry.get("data_offsets"), list)):
+            raise fail(f"corrupt safetensors header: bad entry for tensor '{key}'")
+        file_dtype = _FILE_DTYPES.get(entry["dtype"])
+        if file_dtype is None:
+            raise fail(f"tensor '{key}' has dtype {entry['dtype']}; only float16, bfloat16 and float32 are accepted")
+        if file_dtype != fields["dtype"] and key.startswith(("v_target.", "embedding.")):
+            raise fail(f"tensor '{key}' is {file_dtype} but the metadata says the file stores {fields['dtype']}")
+        if not all(_is_int(n) and n >= 0 for n in entry["shape"]):
+            raise fail(f"corrupt safetensors header: bad shape {entry['shape']!r} for tensor '{key}'")
+        shape = tuple(entry["shape"])
+        if shape != expected[key]:
+            why = "context_dim" if key in ("i_star", "u", "i_super") else (
+                "timestep_sets, layer width" if key.startswith("v_target.") else "embedding dimension")
+            raise fail(f"tensor '{key}' has shape {shape}, expected {expected[key]} ({why} from the metadata)")
+        offsets = entry["data_offsets"]
+        if len(offsets) == 2 and all(_is_int(o) for o in offsets):
+            end = max(end, offsets[1])
+    available = len(data) - 8 - struct.unpack("<Q", data[:8])[0]
+    if end > available:
+        raise fail(f"truncated: tensor data should be {end} bytes but only {available} are present")
+    try:
+        raw = _safetensors_load(data)
+    except Exception as exc:  # safetensors raises several error types; all mean "corrupt"
+        raise fail(f"corrupt safetensors file ({exc})") from None
+    return {k: v.to(torch.float32).contiguous() for k, v in raw.items()}
+
+
+def _few(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
+
+
+# ----------------------------------------------------------------------------- semantic checks
+
+def concept_problem(concept: Concept) -> str | None:
+    """What makes ``concept`` unusable, or None. Shared by save and load."""
+    if concept.family not in FAMILIES:
+        return f"unknown base family {concept.family!r} (known: {', '.join(FAMILIES)})"
+    for word, what in ((concept.trigger, "trigger"), (concept.superclass, "superclass")):
+        problem = word_problem(word, what, allow_spaces=what == "superclass")
+        if problem is not None:
+            return problem
+    if not isinstance(concept.text_encoder, TextEncoderId) or not isinstance(concept.text_encoder.name, str) \
+            or not concept.text_encoder.name.strip():
+        return "text encoder must be a TextEncoderId with a non-empty name"
+    if not isinstance(concept.statistics, str) or not concept.statistics.strip():
+        return "statistics must be a non-empty string"
+    if not isinstance(concept.training, dict):
+        return "training info must be a dict"
+    gate = concept.gate
+    if not (_is_number(gate.beta) and _is_number(gate.strength) and _is_number(gate.tau)):
+        return f"gate beta, tau and strength must be finite numbers, got {gate.beta}, {gate.tau}, {gate.strength}"
+    vectors = {"i_star": concept.i_star, "u": concept.u, "i_super": concept.i_super}
+    for key, t in vectors.items():
+        if not isinstance(t, torch.Tensor) or t.ndim != 1 or t.shape[0] < 1:
+            return f"{key} must be a non-empty 1-D tensor, got {_shape(t)}"
+    if not (concept.i_star.shape == concept.u.shape == concept.i_super.shape):
+        return (f"i_star, u and i_super must have the same length, got {_shape(concept.i_star)}, "
+                f"{_shape(concept.u)}, {_shape(concept.i_super)}")
+    if not concept.v_targets:
+        return "no value targets (v_targets is empty)"
+    sets = None
+    for layer, t in concept.v_targets.items():
+        if not isinstance(layer, str) or not layer.strip():
+            return f"layer name {layer!r} must be a non-empty string"
+        if not isinstance(t, torch.Tensor) or t.ndim != 2 or 0 in t.shape:
+            return f"value target of layer {layer!r} must be a non-empty (S, d_out) tensor, got {_shape(t)}"
+        if sets is not None and t.shape[0] != sets:
+            return f"value target of layer {layer!r} has {t.shape[0]} timestep sets, other layers have {sets}"
+        sets = t.shape[0]
+    allowed = EMBEDDING_KEYS[concept.family]
+    for key, t in concept.embeddings.items():
+        if key not in allowed:
+            return (f"embedding key {key!r} does not exist for {FAMILY_NAMES[concept.family]} "
+                    f"(text encoders: {', '.join(allowed)})")
+        if not isinstance(t, torch.Tensor) or t.ndim != 1 or t.shape[0] < 1:
+            return f"embedding {key!r} must be a non-empty 1-D tensor, got {_shape(t)}"
+    named = [*vectors.items(), *(("v_target." + k, v) for k, v in concept.v_targets.items()),
+             *(("embedding." + k, v) for k, v in concept.embeddings.items())]
+    for key, t in named:
+        if not t.is_floating_point():
+            return f"tensor '{key}' must be floating point, got {t.dtype}"
+        if not bool(torch.isfinite(t).all()):
+            return f"tensor '{key}' contains non-finite values (NaN or inf)"
+    energy = float(torch.dot(concept.u.double().cpu(), concept.i_star.double().cpu()))
+    if not energy > 0.0:
+        return f"energy E = u . i* is {energy:.4g}, must be > 0 (u and i* do not belong together)"
+    return None
+
+
+def _shape(t: object) -> str:
+    return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+# ----------------------------------------------------------------------------- compatibility
+
+def check_compatible(concept: Concept, *, family: str, context_dim: int, layer_dims: Mapping[str, int],
+                     source: str) -> None:
+    """Raise ConceptError (prefixed by ``source``) unless ``concept`` fits the model.
+
+    ``layer_dims`` maps the model's cross-attention layer names to their
+    to_v output width. A family mismatch is reported alone: it explains
+    every other difference.
+    """
+    if family != concept.family:
+        made, model = FAMILY_NAMES.get(concept.family, concept.family), FAMILY_NAMES.get(family, family)
+        raise ConceptError(f"{source}: this concept was made for {made}; the model is {model}. "
+                           f"Use a {made} checkpoint or a concept trained for {model}")
+    problems = []
+    if context_dim != concept.context_dim:
+        problems.append(f"the concept's text directions have dimension {concept.context_dim} but the model's "
+                        f"cross-attention context has {context_dim} (different text encoder?)")
+    ours, theirs = concept.layer_dims, dict(layer_dims)
+    not_in_model = [k for k in ours if k not in theirs]
+    not_in_concept = [k for k in theirs if k not in ours]
+    if not_in_model or not_in_concept:
+        text = f"the concept has {len(ours)} cross-attention layers, the model has {len(theirs)}"
+        if not_in_model:
+            text += f"; not in the model: {_few(not_in_model, 3)}"
+        if not_in_concept:
+            text += f"; not in the concept: {_few(not_in_concept, 3)}"
+        problems.append(text)
+    widths = [f"{k} (concept {ours[k]}, model {theirs[k]})" for k in ours if k in theirs and ours[k] != theirs[k]]
+    if widths:
+        problems.append(f"value widths differ for {len(widths)} layer(s): {_few(widths, 3)}")
+    if problems:
+        raise ConceptError(f"{source}: concept does not fit this model: " + "; ".join(problems))

@@ -1,0 +1,72 @@
+"""Locate the development ComfyUI host and make it importable in-process.
+
+Tests, benchmarks and tooling run real ComfyUI code without starting its
+server. ComfyUI is not an installable package: its source tree has to be put
+on ``sys.path``, and its device selection has to be forced to CPU *before*
+``comfy.model_management`` is imported (that module probes for CUDA at import
+time and raises on a machine without a GPU).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ENV_VAR = "PERFUSION_COMFYUI"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_DEFAULT_HOST = REPO_ROOT / ".host" / "ComfyUI"
+
+_imported = False
+
+
+def host_dir() -> Path:
+    """Return the ComfyUI source tree to use (``$PERFUSION_COMFYUI`` or ``.host/ComfyUI``).
+
+    Raises FileNotFoundError with a hint when no host is installed, because the
+    usual cause is simply that ``tools/setup.sh`` has not been run yet.
+    """
+    configured = os.environ.get(ENV_VAR)
+    path = Path(configured).expanduser().resolve() if configured else _DEFAULT_HOST
+    if not (path / "comfy" / "model_management.py").is_file():
+        origin = f"${ENV_VAR}" if configured else "the default location"
+        raise FileNotFoundError(
+            f"No ComfyUI host found at {path} ({origin}). Run tools/setup.sh to install "
+            f"one, or point {ENV_VAR} at an existing ComfyUI checkout."
+        )
+    return path
+
+
+def _running_inside_host() -> bool:
+    """True when ComfyUI itself (its server or another embedding) already owns the import state.
+
+    Then its command line decides the device, and we must not override it.
+    """
+    if "comfy.model_management" in sys.modules:
+        return True
+    options = sys.modules.get("comfy.options")
+    return bool(options is not None and getattr(options, "args_parsing", False))
+
+
+def import_host() -> None:
+    """Put the host on ``sys.path`` (once) and select CPU execution; idempotent.
+
+    The host goes to the *front* of ``sys.path``: ComfyUI's own modules import
+    top-level names such as ``nodes``, ``utils`` and ``server`` and must get the
+    host's versions, not same-named folders of whatever project is current.
+    Inside a running ComfyUI (or after ``comfy.model_management`` was already
+    imported) nothing is changed.
+    """
+    global _imported
+    if _imported:
+        return
+    if _running_inside_host():
+        _imported = True
+        return
+    root = str(host_dir())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    import comfy.cli_args  # noqa: E402  (needs the path set up above)
+
+    comfy.cli_args.args.cpu = True
+    _imported = True

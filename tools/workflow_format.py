@@ -1,0 +1,523 @@
+"""Convert between ComfyUI's two workflow formats.
+
+* UI format: what the web UI saves and loads (litegraph "nodes"/"links";
+  widget values are a positional list per node).
+* API format: what POST /prompt takes (``{id: {"class_type", "inputs"}}``
+  with inputs by name; a link is ``[source_id, output_index]``).
+
+We author and test workflows in API form and ship a UI-format twin that
+opens in the browser, so both directions are needed. The positional widget
+list is mapped to input names with the node definitions from
+``/object_info``, replaying the frontend's rules (read from the
+comfyui-frontend-package bundle, 1.32):
+
+* widgets are created for widget-typed inputs in ``input_order`` order,
+  required first, then optional, then inputs the frontend adds itself;
+* an INT whose spec has ``control_after_generate`` (or, lacking that key, is
+  named ``seed``/``noise_seed``) gets an extra "control after generate"
+  widget right after it; a COMBO with ``control_after_generate`` gets that
+  and a "control filter list" string widget;
+* a COMBO with ``image_upload``/``video_upload``/``animated_image_upload``/
+  ``audio_upload`` makes the frontend add an "upload" button widget after
+  all other widgets; its value ("image", or null) is saved in the list too;
+* a few bundled frontend extensions add display widgets to specific core
+  nodes (3D preview, audio player, progress text); ``FRONTEND_EXTRA_WIDGETS``
+  lists them;
+* Note/MarkdownNote, Reroute and PrimitiveNode exist only in the UI;
+  muted nodes (mode 2) are dropped with everything linked from them and
+  bypassed nodes (mode 4) pass a matching-typed input through.
+
+Subgraphs and legacy group nodes are not supported (a clear error says so).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+# Input types the frontend draws as widgets (its core widget registry).
+# Everything else is a socket that only takes links.
+WIDGET_TYPES = frozenset(
+    {
+        "INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "MARKDOWN", "COLOR",
+        "IMAGECOMPARE", "CHART", "GALLERIA", "TEXTAREA",
+        # Added by bundled frontend extensions for specific core nodes.
+        "WEBCAM", "LOAD_3D", "LOAD_3D_ANIMATION", "LOAD3D_CAMERA", "PREVIEW_3D",
+    }
+)
+CONTROL_VALUES = frozenset({"fixed", "increment", "decrement", "randomize", "increment-wrap"})
+UPLOAD_FLAGS = ("image_upload", "video_upload", "animated_image_upload", "audio_upload")
+_AUDIO_UI = (("audioUI", None),)
+# Display widgets that bundled frontend extensions add to specific core nodes
+# (name, value the frontend saves). They come after the definition's own
+# widgets and before the upload button, may be absent in older files, and
+# never reach the API prompt.
+FRONTEND_EXTRA_WIDGETS: dict[str, tuple[tuple[str, Any], ...]] = {
+    "SaveGLB": (("image", ""),),  # Comfy.SaveGLB: PREVIEW_3D
+    "Preview3D": (("image", ""),),  # Comfy.Preview3D: PREVIEW_3D
+    "LoadAudio": _AUDIO_UI,
+    "SaveAudio": _AUDIO_UI,
+    "SaveAudioMP3": _AUDIO_UI,
+    "SaveAudioOpus": _AUDIO_UI,
+    "PreviewAudio": _AUDIO_UI,
+    "GetImageSize": (("progress_text", ""),),  # text the node sends with send_progress_text
+}
+NOTE_TYPES = frozenset({"Note", "MarkdownNote"})
+VIRTUAL_TYPES = NOTE_TYPES | {"Reroute", "PrimitiveNode"}
+MODE_MUTED = 2
+MODE_BYPASS = 4
+CONTROL_DEFAULT = "fixed"  # what api_to_ui writes: reproducible, unlike the UI's "randomize"
+UPLOAD_VALUE = "image"  # the upload button's constant value as the frontend saves it
+
+
+class WorkflowFormatError(ValueError):
+    """A workflow cannot be converted (unknown node, value/widget mismatch, ...)."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input of a node definition, in the order the frontend builds them."""
+
+    name: str
+    type: str
+    options: Mapping[str, Any]
+    optional: bool
+
+    @property
+    def is_widget(self) -> bool:
+        return self.type in WIDGET_TYPES and not self.options.get("forceInput", False)
+
+    @property
+    def has_control(self) -> bool:
+        if self.type == "INT":
+            if "control_after_generate" in self.options:
+                return bool(self.options["control_after_generate"])
+            return self.name in ("seed", "noise_seed")
+        if self.type == "COMBO":
+            return bool(self.options.get("control_after_generate"))
+        return False
+
+    @property
+    def has_upload(self) -> bool:
+        return self.type == "COMBO" and any(self.options.get(flag) is True for flag in UPLOAD_FLAGS)
+
+    def default(self) -> Any:
+        """The value the frontend starts a fresh widget with."""
+        if "default" in self.options:
+            return self.options["default"]
+        if self.type == "COMBO":
+            opts = self.options.get("options") or []
+            return opts[0] if opts else ""
+        return {"INT": 0, "FLOAT": 0.0, "BOOLEAN": False}.get(self.type, "")
+
+
+@dataclass(frozen=True)
+class WidgetSlot:
+    """One entry of a node's ``widgets_values`` list.
+
+    kind: "input" (a real input), "control" (control after generate),
+    "filter" (control filter list), "extra" (an extension's display widget)
+    or "upload" (the upload button). ``saved`` is what api_to_ui writes for
+    the frontend-only kinds.
+    """
+
+    kind: str
+    name: str
+    saved: Any = None
+
+    @property
+    def optional(self) -> bool:
+        return self.kind != "input"
+
+
+def input_specs(node_def: Mapping[str, Any]) -> list[InputSpec]:
+    """Inputs of a node definition (no hidden ones) in frontend widget order."""
+    sections = node_def.get("input", {})
+    order = node_def.get("input_order") or {}
+    specs: list[InputSpec] = []
+    for section in ("required", "optional"):
+        entries = sections.get(section) or {}
+        names = [n for n in order.get(section, []) if n in entries]
+        names += [n for n in entries if n not in names]
+        for name in names:
+            raw = entries[name]
+            typ, opts = raw[0], (raw[1] if len(raw) > 1 and isinstance(raw[1], dict) else {})
+            if isinstance(typ, list):  # legacy combo: the option list is the type
+                opts = {**opts, "options": typ}
+                typ = "COMBO"
+            specs.append(InputSpec(name, str(typ), opts, section == "optional"))
+    return specs
+
+
+def widget_slots(node_def: Mapping[str, Any]) -> list[WidgetSlot]:
+    """The positional layout of ``widgets_values`` for a node definition."""
+    slots: list[WidgetSlot] = []
+    upload = False
+    for spec in input_specs(node_def):
+        if not spec.is_widget:
+            continue
+        slots.append(WidgetSlot("input", spec.name))
+        if spec.has_control:
+            slots.append(WidgetSlot("control", spec.name, CONTROL_DEFAULT))
+            if spec.type == "COMBO":
+                slots.append(WidgetSlot("filter", spec.name, ""))
+        upload = upload or spec.has_upload
+    for name, saved in FRONTEND_EXTRA_WIDGETS.get(str(node_def.get("name")), ()):
+        slots.append(WidgetSlot("extra", name, saved))
+    if upload:
+        audio = any(s.options.get("audio_upload") for s in input_specs(node_def))
+        slots.append(WidgetSlot("upload", "upload", None if audio else UPLOAD_VALUE))
+    return slots
+
+
+def _plausible(slot: WidgetSlot, value: Any) -> bool:
+    """Whether a saved value can be the given frontend-only widget's value."""
+    if slot.kind == "control":
+        return value in CONTROL_VALUES
+    if slot.kind == "filter":
+        return isinstance(value, str)
+    if slot.kind == "upload":
+        return value is None or value in ("image", "video", "audio", "")
+    if slot.kind == "extra":
+        return value is None or isinstance(value, str)
+    return True
+
+
+def align_widget_values(node_type: str, slots: list[WidgetSlot], values: list[Any]) -> dict[str, Any]:
+    """Map a positional ``widgets_values`` list to input names.
+
+    Frontend-only widgets (control, filter, upload) may or may not have been
+    saved depending on the frontend version; they are matched by count first,
+    and by the shape of the value otherwise. Any leftover or missing value is
+    an error: silently shifting values onto the wrong inputs is the failure
+    mode this module exists to prevent.
+    """
+    if len(values) == len(slots):
+        pairs = list(zip(slots, values))
+    else:
+        pairs = []
+        i = 0
+        for slot in slots:
+            if i >= len(values):
+                break
+            if slot.optional and not _plausible(slot, values[i]):
+                continue
+            pairs.append((slot, values[i]))
+            i += 1
+        got = [s for s, _ in pairs if not s.optional]
+        want = [s for s in slots if not s.optional]
+        if i != len(values) or len(got) != len(want):
+            raise WorkflowFormatError(
+                f"{node_type}: {len(values)} widget values {values!r} do not fit widgets "
+                f"{[s.name if s.kind == 'input' else s.kind for s in slots]}"
+            )
+    return {slot.name: value for slot, value in pairs if slot.kind == "input"}
+
+
+# ---------------------------------------------------------------------- UI -> API
+def _links_by_id(workflow: Mapping[str, Any]) -> dict[int, tuple[Any, int, Any, int, str]]:
+    """link id -> (origin id, origin slot, target id, target slot, type); both saved shapes."""
+    links: dict[int, tuple[Any, int, Any, int, str]] = {}
+    for link in workflow.get("links") or []:
+        if isinstance(link, dict):
+            links[link["id"]] = (link["origin_id"], link["origin_slot"], link["target_id"], link["target_slot"], link.get("type", "*"))
+        else:
+            lid, oid, oslot, tid, tslot, typ = link[:6]
+            links[lid] = (oid, oslot, tid, tslot, typ)
+    return links
+
+
+def _reject_unsupported(workflow: Mapping[str, Any]) -> None:
+    subgraphs = {sg.get("id") for sg in (workflow.get("definitions") or {}).get("subgraphs", [])}
+    for node in workflow.get("nodes", []):
+        t = str(node.get("type", ""))
+        if t in subgraphs:
+            raise WorkflowFormatError(f"node {node.get('id')} is a subgraph; subgraphs are not supported")
+        if t.startswith("workflow>") or t.startswith("workflow/"):
+            raise WorkflowFormatError(f"node {node.get('id')} is a legacy group node ({t}); not supported")
+
+
+def ui_to_api(workflow: Mapping[str, Any], object_info: Mapping[str, Any], *, meta: bool = True) -> dict[str, Any]:
+    """Convert a UI-format workflow into an API-format prompt.
+
+    ``meta`` adds ``_meta.title`` per node, as the frontend does.
+    Raises WorkflowFormatError for unknown node types or widget lists that do
+    not match the node definition.
+    """
+    _reject_unsupported(workflow)
+    nodes = {node["id"]: node for node in workflow.get("nodes", [])}
+    links = _links_by_id(workflow)
+
+    def resolve(link_id: int, want_type: str, seen: frozenset[int] = frozenset()) -> tuple[str, Any] | None:
+        """Follow a link through UI-only and bypassed nodes to a real source."""
+        if link_id in seen:
+            raise WorkflowFormatError(f"link cycle through link {link_id}")
+        seen = seen | {link_id}
+        if link_id not in links:
+            raise WorkflowFormatError(f"dangling link {link_id}")
+        origin_id, origin_slot, _tid, _ts, link_type = links[link_id]
+        src = nodes.get(origin_id)
+        if src is None:
+            raise WorkflowFormatError(f"link {link_id} starts at missing node {origin_id}")
+        src_type = src.get("type")
+        mode = src.get("mode", 0)
+        if src_type == "PrimitiveNode":
+            values = src.get("widgets_values") or []
+            if not values:
+                raise WorkflowFormatError(f"PrimitiveNode {origin_id} has no value")
+            return ("value", values[0])
+        if mode == MODE_MUTED:
+            return None
+        if src_type == "Reroute" or mode == MODE_BYPASS:
+            ins = src.get("inputs") or []
+            if src_type == "Reroute":
+                candidates = [0] if ins else []
+            else:
+                match = want_type if want_type not in ("*", "") else link_type
+                order = [origin_slot] + list(range(len(ins)))
+                candidates = [k for k in order if k < len(ins) and ins[k].get("type") == match][:1]
+            for k in candidates:
+                up = ins[k].get("link")
+                return resolve(up, want_type, seen) if up is not None else None
+            return None
+        if src_type in NOTE_TYPES:
+            raise WorkflowFormatError(f"link {link_id} starts at note node {origin_id}")
+        return ("link", [str(origin_id), int(origin_slot)])
+
+    prompt: dict[str, Any] = {}
+    for node in sorted(nodes.values(), key=lambda n: (n.get("order", 0), str(n["id"]))):
+        ntype = node.get("type")
+        if ntype in VIRTUAL_TYPES or node.get("mode", 0) in (MODE_MUTED, MODE_BYPASS):
+            continue
+        node_def = object_info.get(ntype)
+        if node_def is None:
+            raise WorkflowFormatError(f"node {node['id']}: unknown node type {ntype!r}")
+        specs = {s.name: s for s in input_specs(node_def)}
+        raw = node.get("widgets_values")
+        if isinstance(raw, dict):  # some nodes save widgets by name
+            inputs = {k: v for k, v in raw.items() if k in specs and specs[k].is_widget}
+        else:
+            inputs = align_widget_values(ntype, widget_slots(node_def), list(raw or []))
+        for slot in node.get("inputs") or []:
+            name = (slot.get("widget") or {}).get("name") or slot.get("name")
+            if name not in specs:
+                raise WorkflowFormatError(f"node {node['id']} ({ntype}): no input named {name!r}")
+            if slot.get("link") is None:
+                continue
+            resolved = resolve(slot["link"], str(slot.get("type", "*")))
+            if resolved is None:
+                if not specs[name].is_widget:
+                    inputs.pop(name, None)  # source muted or bypass without match: input left out
+                continue
+            inputs[name] = resolved[1]
+        entry: dict[str, Any] = {"inputs": inputs, "class_type": ntype}
+        if meta:
+            entry["_meta"] = {"title": node.get("title") or node_def.get("display_name") or ntype}
+        prompt[str(node["id"])] = entry
+    return prompt
+
+
+# ---------------------------------------------------------------------- API -> UI
+def _is_link(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+
+
+def _node_ids(prompt: Mapping[str, Any]) -> dict[str, int]:
+    """Keep numeric prompt ids; renumber all ids 1..n if any is not numeric."""
+    keys = list(prompt)
+    if all(k.isdigit() for k in keys):
+        return {k: int(k) for k in keys}
+    return {k: i + 1 for i, k in enumerate(keys)}
+
+
+def _depths(prompt: Mapping[str, Any]) -> dict[str, int]:
+    """Longest-path depth of every node from the sources (for a left-to-right layout)."""
+    depth: dict[str, int] = {}
+
+    def visit(nid: str, stack: tuple[str, ...]) -> int:
+        if nid in depth:
+            return depth[nid]
+        if nid in stack:
+            raise WorkflowFormatError(f"cycle through node {nid}")
+        parents = [v[0] for v in prompt[nid]["inputs"].values() if _is_link(v) and v[0] in prompt]
+        depth[nid] = 1 + max((visit(p, stack + (nid,)) for p in parents), default=-1)
+        return depth[nid]
+
+    for nid in prompt:
+        visit(nid, ())
+    return depth
+
+
+def _output_type(node_def: Mapping[str, Any], index: int) -> str:
+    typ = node_def.get("output", [])[index]
+    return "COMBO" if isinstance(typ, list) else str(typ)
+
+
+def api_to_ui(prompt: Mapping[str, Any], object_info: Mapping[str, Any]) -> dict[str, Any]:
+    """Build a UI-format workflow from an API-format prompt.
+
+    Nodes are laid out in columns by graph depth. Control-after-generate
+    widgets are set to "fixed" so the loaded workflow reproduces the prompt.
+    Inputs missing from the prompt get their default widget value (the UI
+    format cannot express "unset"), so ``ui_to_api(api_to_ui(p))`` equals
+    ``p`` for prompts that set every widget input, as UI-made prompts do.
+    """
+    ids = _node_ids(prompt)
+    depth = _depths(prompt)
+    ui_nodes: dict[str, dict[str, Any]] = {}
+    links: list[list[Any]] = []
+
+    for nid, entry in prompt.items():
+        ctype = entry.get("class_type")
+        node_def = object_info.get(ctype)
+        if node_def is None:
+            raise WorkflowFormatError(f"node {nid}: unknown node type {ctype!r}")
+        specs = input_specs(node_def)
+        known = {s.name for s in specs}
+        unknown = set(entry.get("inputs", {})) - known
+        if unknown:
+            raise WorkflowFormatError(f"node {nid} ({ctype}): unknown inputs {sorted(unknown)}")
+        outputs = [
+            {"name": (node_def.get("output_name") or [None] * (i + 1))[i] or _output_type(node_def, i),
+             "type": _output_type(node_def, i), "links": [], "slot_index": i}
+            for i in range(len(node_def.get("output", [])))
+        ]
+        node = {
+            "id": ids[nid], "type": ctype, "pos": [0, 0], "size": [320, 100], "flags": {},
+            "order": 0, "mode": 0, "inputs": [], "outputs": outputs,
+            "properties": {"Node name for S&R": ctype}, "widgets_values": [],
+        }
+        title = (entry.get("_meta") or {}).get("title")
+        if title and title != node_def.get("display_name"):
+            node["title"] = title
+        ui_nodes[nid] = node
+
+    for nid, entry in prompt.items():
+        node = ui_nodes[nid]
+        node_def = object_info[entry["class_type"]]
+        values = entry.get("inputs", {})
+        by_name = {s.name: s for s in input_specs(node_def)}
+        for spec in by_name.values():
+            value = values.get(spec.name)
+            if spec.is_widget and not _is_link(value):
+                continue
+            slot = {"name": spec.name, "type": spec.type, "link": None}
+            if spec.is_widget:
+                slot["widget"] = {"name": spec.name}
+            if _is_link(value):
+                src_id, src_slot = value
+                if src_id not in ui_nodes:
+                    raise WorkflowFormatError(f"node {nid}: input {spec.name} links to missing node {src_id}")
+                src_def = object_info[prompt[src_id]["class_type"]]
+                if not 0 <= src_slot < len(src_def.get("output", [])):
+                    raise WorkflowFormatError(f"node {nid}: input {spec.name} links to missing output {value}")
+                link_id = len(links) + 1
+                links.append([link_id, ids[src_id], src_slot, node["id"], len(node["inputs"]), _output_type(src_def, src_slot)])
+                ui_nodes[src_id]["outputs"][src_slot]["links"].append(link_id)
+                slot["link"] = link_id
+            elif value is not None:
+                raise WorkflowFormatError(f"node {nid}: socket input {spec.name} has a literal value; UI format cannot hold it")
+            node["inputs"].append(slot)
+        widgets: list[Any] = []
+        for ws in widget_slots(node_def):
+            if ws.kind == "input":
+                v = values.get(ws.name)
+                widgets.append(by_name[ws.name].default() if v is None or _is_link(v) else v)
+            else:
+                widgets.append(ws.saved)
+        node["widgets_values"] = widgets
+        rows = max(len(node["inputs"]), len(node["outputs"])) + len(widgets)
+        node["size"] = [320, 46 + 24 * rows]
+
+    for node in ui_nodes.values():
+        for out in node["outputs"]:
+            if not out["links"]:
+                out["links"] = None  # what the frontend saves for an unconnected output
+
+    _layout(ui_nodes, depth)
+    ordered = sorted(ui_nodes.items(), key=lambda kv: (depth[kv[0]], kv[1]["id"]))
+    for order, (_nid, node) in enumerate(ordered):
+        node["order"] = order
+    nodes = [node for _nid, node in ordered]
+    body = {
+        "last_node_id": max((n["id"] for n in nodes), default=0),
+        "last_link_id": len(links),
+        "nodes": nodes,
+        "links": links,
+        "groups": [],
+        "config": {},
+        "extra": {"ds": {"scale": 1.0, "offset": [0, 0]}},
+        "version": 0.4,
+    }
+    # A content-derived id keeps shipped workflow files stable across regenerations.
+    wf_id = str(uuid.uuid5(uuid.NAMESPACE_URL, json.dumps(body, sort_keys=True)))
+    return {"id": wf_id, "revision": 0, **body}
+
+
+def _layout(ui_nodes: Mapping[str, dict[str, Any]], depth: Mapping[str, int]) -> None:
+    """Columns by depth, nodes stacked top to bottom in id order within a column."""
+    column_y: dict[int, int] = {}
+    for nid, node in sorted(ui_nodes.items(), key=lambda kv: (depth[kv[0]], kv[1]["id"])):
+        col = depth[nid]
+        y = column_y.get(col, 50)
+        node["pos"] = [50 + col * 380, y]
+        column_y[col] = y + node["size"][1] + 60
+
+
+def iter_api_links(prompt: Mapping[str, Any]) -> Iterator[tuple[str, str, str, int]]:
+    """(target id, input name, source id, output index) for every link in a prompt."""
+    for nid, entry in prompt.items():
+        for name, value in entry.get("inputs", {}).items():
+            if _is_link(value):
+                yield nid, name, value[0], value[1]
+
+
+def widget_value_problems(
+    prompt: Mapping[str, Any], object_info: Mapping[str, Any], *, check_combo_options: bool = True
+) -> list[str]:
+    """Type/range problems of literal inputs against their node definitions.
+
+    A positional misalignment of widget values almost always puts a string on
+    a number or a number outside its range, so this catches conversion bugs
+    (and stale shipped workflows) without a model or a server run. Pass
+    ``check_combo_options=False`` for workflows naming model files that the
+    server at hand does not have (COMBO values are then only type-checked).
+    """
+    problems: list[str] = []
+    for nid, entry in prompt.items():
+        node_def = object_info.get(entry.get("class_type"))
+        if node_def is None:
+            problems.append(f"{nid}: unknown node type {entry.get('class_type')!r}")
+            continue
+        specs = {s.name: s for s in input_specs(node_def)}
+        for name, value in entry.get("inputs", {}).items():
+            spec = specs.get(name)
+            if spec is None:
+                problems.append(f"{nid}.{name}: no such input")
+                continue
+            if _is_link(value):
+                continue
+            where = f"{nid}.{name} ({spec.type}) = {value!r}"
+            if spec.type == "INT" or spec.type == "FLOAT":
+                ok_type = (isinstance(value, int) and not isinstance(value, bool)) or (
+                    spec.type == "FLOAT" and isinstance(value, float)
+                )
+                if not ok_type:
+                    problems.append(f"{where}: not a number of that type")
+                    continue
+                lo, hi = spec.options.get("min"), spec.options.get("max")
+                if (lo is not None and value < lo) or (hi is not None and value > hi):
+                    problems.append(f"{where}: outside [{lo}, {hi}]")
+            elif spec.type == "BOOLEAN" and not isinstance(value, bool):
+                problems.append(f"{where}: not a boolean")
+            elif spec.type == "STRING" and not isinstance(value, str):
+                problems.append(f"{where}: not a string")
+            elif spec.type == "COMBO":
+                options = spec.options.get("options") or []
+                if check_combo_options and value not in options:
+                    problems.append(f"{where}: not one of the {len(options)} options")
+                elif not isinstance(value, (str, int, float)):
+                    problems.append(f"{where}: not a combo value")
+    return problems
