@@ -13,9 +13,12 @@ Isolation, so a test run never touches the host checkout or the network:
   the explicit ``--*-directory`` flags and ``--database-url``);
 * this repository is loaded as a custom node pack through the
   ``custom_nodes:`` key of an ``--extra-model-paths-config`` yaml that points
-  at a folder holding only a symlink to the repository root (ComfyUI's loader
-  follows directory symlinks and imports ``<link>/__init__.py``), so nothing
-  is copied into the host;
+  at a folder holding only a symlink to the repository root, so nothing is
+  copied into the host. ComfyUI's loader lists that folder, sees the link as
+  a directory and imports ``<link>/__init__.py`` as a package whose
+  ``sys.modules`` name is the link's path (dots replaced), so the pack must
+  import its own modules relatively or via its own ``sys.path`` entry; its
+  nodes report ``python_module`` ``custom_nodes.<pack_name>``;
 * ``--disable-api-nodes`` keeps the paid API nodes (and the frontend's calls
   to them) off, the default frontend comes from the installed pip package
   (no GitHub release look-up), and Hugging Face libraries are told to stay
@@ -37,7 +40,6 @@ import sys
 import tempfile
 import time
 import uuid
-import weakref
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -118,7 +120,7 @@ def _tail(text: str, lines: int = 60) -> str:
 
 # Servers still running when the interpreter exits (e.g. a test crashed
 # between start and stop) are killed so they do not outlive pytest.
-_LIVE: "weakref.WeakSet[ComfyServer]" = weakref.WeakSet()
+_LIVE: "set[ComfyServer]" = set()
 
 
 @atexit.register
@@ -171,7 +173,7 @@ class ComfyServer:
         self.models_dir = self.base_dir / "models"
         self.input_dir = self.base_dir / "input"
         self.output_dir = self.base_dir / "output"
-        self.temp_parent = self.base_dir  # ComfyUI appends "temp" to --temp-directory
+        self.temp_dir = self.base_dir / "temp"  # ComfyUI appends "temp" to --temp-directory
         self.user_dir = self.base_dir / "user"
         self.packs_dir = self.work_dir / "packs"
         self.pack_path = self.packs_dir / pack_name
@@ -227,7 +229,7 @@ class ComfyServer:
             "--extra-model-paths-config", str(self.config_path),
             "--output-directory", str(self.output_dir),
             "--input-directory", str(self.input_dir),
-            "--temp-directory", str(self.temp_parent),
+            "--temp-directory", str(self.temp_dir.parent),
             "--user-directory", str(self.user_dir),
             "--database-url", f"sqlite:///{self.user_dir / 'comfyui.db'}",
             "--disable-api-nodes",
@@ -260,17 +262,20 @@ class ComfyServer:
         if not (self.host / "main.py").is_file():
             raise ServerError(f"no ComfyUI host at {self.host} (run tools/setup.sh)")
         self._prepare_dirs()
+        _LIVE.add(self)
         last_error: ServerError | None = None
         for _attempt in range(3):
             try:
                 self._start_once(free_port())
-                _LIVE.add(self)
                 return
             except ServerError as e:
                 last_error = e
                 # Only a lost race for the port is worth another try.
                 if "address already in use" not in self.log_text().lower():
                     break
+        # The log tail is in the error; a context manager's __exit__ does not
+        # run when __enter__ raises, so clean up here.
+        self.stop()
         assert last_error is not None
         raise last_error
 
@@ -300,7 +305,7 @@ class ComfyServer:
             except requests.RequestException:
                 pass
             if time.perf_counter() > deadline:
-                self.stop()
+                self._kill()
                 raise ServerError(
                     f"ComfyUI did not answer within {self.start_timeout:.0f}s; log tail:\n{_tail(self.log_text())}"
                 )
@@ -313,8 +318,8 @@ class ComfyServer:
             self._log_file = None
         self._proc = None
 
-    def stop(self) -> None:
-        """Stop the server: SIGINT (ComfyUI cleans its temp dir), then SIGTERM, then SIGKILL."""
+    def _kill(self) -> None:
+        """End the process: SIGINT (ComfyUI cleans its temp dir), then SIGTERM, then SIGKILL."""
         proc = self._proc
         if proc is not None and proc.poll() is None:
             for sig, wait_s in ((signal.SIGINT, self.stop_timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
@@ -328,6 +333,10 @@ class ComfyServer:
                     break
         if proc is not None:
             self._reap()
+
+    def stop(self) -> None:
+        """Stop the server and remove the work dir (unless asked to keep it); idempotent."""
+        self._kill()
         _LIVE.discard(self)
         self._http.close()
         if self._own_work_dir and not self.keep_work_dir and self.work_dir.exists():

@@ -34,8 +34,10 @@ from __future__ import annotations
 import json
 import os
 import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import torch
 
@@ -48,7 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 FAMILIES = ("sd1", "sd2", "sdxl")
 SIZES = ("tiny", "full")
 # Bump whenever the value rules below change: it is part of cached file names.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -174,10 +176,8 @@ def tensor_value(key: str, shape: tuple[int, ...] | torch.Size, seed: int) -> to
             fan_in *= s
         if leaf == "text_projection":  # open_clip stores it as (in, out)
             fan_in = shape[0]
-        # TAESD is a ReLU network: He scaling keeps its activations from vanishing.
-        gain = 2.0 if ".taesd_" in key else 1.0
-        std = (gain / fan_in) ** 0.5
-    return torch.randn(shape, generator=_generator(seed, key)) * std
+        std = fan_in ** -0.5
+    return torch.randn(shape, generator=_generator(seed, key)).mul_(std)
 
 
 # ---------------------------------------------------------------------------
@@ -194,7 +194,9 @@ def build_unet(
     """A real ComfyUI UNet (``model_base.BaseModel``/``SDXL``) wrapped in a ModelPatcher.
 
     ``device="meta"`` builds the structure without memory or values (for
-    counting layers or reading shapes of the full-size models).
+    counting layers or reading shapes of the full-size models). Memory for a
+    real build is parameters x dtype size: full SDXL is 2.6 G parameters
+    (10 GB in float32, 5 GB in float16), full SD1/SD2 0.86 G.
     """
     import_host()
     import comfy.model_management as mm
@@ -229,7 +231,7 @@ def _clip_template(family: str, clip_size: str) -> dict[str, torch.Tensor]:
     transformers layout, OpenCLIP-H/G with fused ``in_proj``) are the real ones.
     """
     import_host()
-    config = model_config(family, "tiny")
+    config = model_config(family, "full")
     target = config.clip_target()
     options = _clip_model_options(family, clip_size, torch.float32)
     with torch.device("meta"):
@@ -250,8 +252,12 @@ def _fill(template: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tenso
 def build_clip(family: str, size: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32) -> "CLIP":
     """A real ``comfy.sd.CLIP`` (the family's text encoder(s) and real tokenizers).
 
-    Values are produced in checkpoint layout and loaded through the family's own
-    ``process_clip_state_dict``, the path ComfyUI uses for checkpoints.
+    ``"tiny"`` keeps the real widths and vocabulary but only
+    :data:`TINY_CLIP_OVERRIDES` layers / MLP size. Values are produced in
+    checkpoint layout and loaded through the family's own
+    ``process_clip_state_dict``, the path ComfyUI uses for checkpoints, so
+    tensors shared with a full-size encoder (embeddings, attention weights)
+    equal those in the checkpoints this module writes.
     """
     _check(family, size)
     import_host()
@@ -308,6 +314,30 @@ _ST_DTYPES = {
 _Entry = tuple[str, tuple[int, ...], torch.dtype, Callable[[], torch.Tensor]]
 
 
+def _produce(entries: list[_Entry], lookahead: int = 3) -> Iterator[tuple[_Entry, torch.Tensor]]:
+    """Yield ``(entry, value)`` in order while worker threads generate the next few values.
+
+    Random generation and dtype casts release the GIL, so this overlaps them
+    with each other and with file writes; the lookahead bounds the memory held.
+    """
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending: deque = deque()
+        upcoming = iter(entries)
+
+        def submit() -> None:
+            entry = next(upcoming, None)
+            if entry is not None:
+                pending.append((entry, pool.submit(lambda e=entry: e[3]().to(e[2]).contiguous())))
+
+        for _ in range(lookahead):
+            submit()
+        while pending:
+            entry, future = pending.popleft()
+            value = future.result()
+            submit()
+            yield entry, value
+
+
 def _write_safetensors(path: Path, entries: Iterable[_Entry], metadata: dict[str, str]) -> Path:
     """Write a safetensors file producing one tensor at a time (memory: the largest tensor)."""
     entries = list(entries)
@@ -326,11 +356,11 @@ def _write_safetensors(path: Path, entries: Iterable[_Entry], metadata: dict[str
         with open(tmp, "wb") as f:
             f.write(len(raw).to_bytes(8, "little"))
             f.write(raw)
-            for key, shape, dtype, make in entries:
-                value = make().to(dtype).contiguous()
+            for (key, shape, _, _), value in _produce(entries):
                 if tuple(value.shape) != tuple(shape):
                     raise RuntimeError(f"{key}: produced {tuple(value.shape)}, declared {shape}")
-                f.write(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+                if value.numel():
+                    f.write(value.reshape(-1).view(torch.uint8).numpy().data)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -382,6 +412,23 @@ def _vae_template(kind: str) -> dict[str, torch.Tensor]:
     return {VAE_PREFIX + k: v for k, v in module.state_dict().items()}
 
 
+def _vae_fixed(kind: str, family: str) -> dict[str, torch.Tensor]:
+    """Values the generic rule gets wrong for the VAE.
+
+    TAESD maps its last layer's output straight to pixel values, so a zero bias
+    would put half of all pixels at black; centring it on mid-grey gives images
+    with visible (random) structure instead. The latent scale is the one
+    ComfyUI's own TAESD loader uses for the family.
+    """
+    if kind != "taesd":
+        return {}
+    return {
+        VAE_PREFIX + "vae_scale": torch.tensor(_TAESD_SCALE[family]),
+        VAE_PREFIX + "vae_shift": torch.tensor(0.0),
+        VAE_PREFIX + "taesd_decoder.19.bias": torch.full((3,), 0.5),
+    }
+
+
 def write_checkpoint(
     path: str | Path,
     family: str,
@@ -399,9 +446,7 @@ def write_checkpoint(
     """
     _check(family, size)
     vae = vae or ("taesd" if size == "tiny" else "kl")
-    fixed = {}
-    if vae == "taesd":
-        fixed = {VAE_PREFIX + "vae_scale": torch.tensor(_TAESD_SCALE[family]), VAE_PREFIX + "vae_shift": torch.tensor(0.0)}
+    fixed = _vae_fixed(vae, family)
     template = {**_unet_template(family, size), **_clip_template(family, "full"), **_vae_template(vae)}
     metadata = {"perfusion.random_model": json.dumps(
         {"family": family, "size": size, "seed": seed, "vae": vae, "format_version": FORMAT_VERSION})}
