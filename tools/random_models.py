@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 FAMILIES = ("sd1", "sd2", "sdxl")
 SIZES = ("tiny", "full")
 # Bump whenever the value rules below change: it is part of cached file names.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -152,6 +152,21 @@ def _is_embedding(key: str) -> bool:
     return any(s in key for s in ("token_embedding", "position_embedding", "positional_embedding"))
 
 
+# Trained text encoders keep a token's identity at its own position: each block
+# writes a small update into the residual stream. With plain fan-in init a
+# random encoder instead smears every word over all later positions, and no
+# word-level test (a word edit, a trigger swap) could be told apart from that
+# noise. So the projections that write into the residual stream (attention
+# out_proj, MLP fc2 / c_proj) start small, in the spirit of GPT-2's scaled init.
+TEXT_RESIDUAL_GAIN = 0.01
+_TEXT_PREFIXES = ("cond_stage_model.", "conditioner.embedders.")
+_RESIDUAL_WRITES = ("out_proj.weight", "fc2.weight", "c_proj.weight")
+
+
+def _is_text_residual_write(key: str) -> bool:
+    return key.startswith(_TEXT_PREFIXES) and key.endswith(_RESIDUAL_WRITES)
+
+
 def tensor_value(key: str, shape: tuple[int, ...] | torch.Size, seed: int) -> torch.Tensor:
     """The float32 value of checkpoint tensor ``key``: a pure function of (seed, key, shape).
 
@@ -177,6 +192,8 @@ def tensor_value(key: str, shape: tuple[int, ...] | torch.Size, seed: int) -> to
         if leaf == "text_projection":  # open_clip stores it as (in, out)
             fan_in = shape[0]
         std = fan_in ** -0.5
+        if _is_text_residual_write(key):
+            std *= TEXT_RESIDUAL_GAIN
     return torch.randn(shape, generator=_generator(seed, key)).mul_(std)
 
 

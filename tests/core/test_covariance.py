@@ -280,9 +280,9 @@ def test_fingerprint_is_stable_and_distinguishes_recipes() -> None:
     }
     assert fp not in others and len(others) == 4
     assert fingerprint(TextEncoderId("clip-l", -2), "x", 1).startswith("clip-l@-2:")
-    assert PADDING_RULE == "bos+tokens+first-eos"
+    assert PADDING_RULE == "all-positions"
     # pinned value: changing the hashing would orphan every recorded concept
-    assert fingerprint(enc, "abc123", 1000) == _PINNED_FINGERPRINT
+    assert fingerprint(enc, "abc123", 1000, padding_rule="bos+tokens+first-eos") == _PINNED_FINGERPRINT
 
 
 _PINNED_FINGERPRINT = "clip-l@default:d6c6416e4923"
