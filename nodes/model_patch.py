@@ -204,4 +204,6 @@ def install(model: Any, layers: list[str], concepts: list[Concept]) -> Any:
     has_global_patch = any(isinstance(p, GlobalKeyContext) for p in patches.get("attn2_patch", []))
     if runtime.uses_global_lock and not has_global_patch:
         patched.set_model_attn2_patch(GlobalKeyContext())
+    log.info("Perfusion: %d concept(s) [%s] on %d cross-attention layers (%d K/V projections hooked)",
+             runtime.n, ", ".join(c.trigger for c in runtime.concepts), len(layers), len(base))
     return patched
