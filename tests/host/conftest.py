@@ -28,3 +28,16 @@ def import_pack() -> ModuleType:
 @pytest.fixture(scope="session")
 def pack() -> ModuleType:
     return import_pack()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def perfusion_folder(tmp_path_factory, pack):
+    """models/perfusion (concepts, cached statistics) in a temp dir for the whole session."""
+    import folder_paths
+
+    path = str(tmp_path_factory.mktemp("perfusion"))
+    saved = folder_paths.folder_names_and_paths.get("perfusion")
+    folder_paths.folder_names_and_paths["perfusion"] = ([path], {".safetensors"})
+    yield path
+    if saved is not None:
+        folder_paths.folder_names_and_paths["perfusion"] = saved

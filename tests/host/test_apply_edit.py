@@ -23,19 +23,6 @@ def sample(model, clip, prompt: str, seed: int = 0, steps: int = 1, negative: st
 STATS_CAPTIONS = 300  # enough for a stable C of the tiny encoders; keeps the suite fast
 
 
-@pytest.fixture(scope="session", autouse=True)
-def perfusion_folder(tmp_path_factory):
-    """models/perfusion (concepts, cached statistics) in a temp dir for the whole session."""
-    import folder_paths
-
-    path = str(tmp_path_factory.mktemp("perfusion"))
-    saved = folder_paths.folder_names_and_paths.get("perfusion")
-    folder_paths.folder_names_and_paths["perfusion"] = ([path], {".safetensors"})
-    yield path
-    if saved is not None:
-        folder_paths.folder_names_and_paths["perfusion"] = saved
-
-
 def word_edit_of(pack, model, clip, trigger="cat", target="dog"):
     return pack.nodes.nodes_word_edit.PerfusionWordEdit().build(model, clip, trigger, target, "a photo of a {}",
                                                                 STATS_CAPTIONS)[0]

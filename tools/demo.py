@@ -1,0 +1,239 @@
+"""The main job: start ComfyUI with this pack, make concepts, generate images with them.
+
+    python tools/demo.py [--checkpoint PATH] [--out DIR]
+
+What it does, in a real (unmodified) ComfyUI server started as a subprocess
+with all its folders in a throw-away directory:
+
+1. installs the checkpoint into the server's models folder: yours
+   (``--checkpoint``, SD1.x / SD2.x / SDXL single-file) or, by default, the
+   small built-in demo model (random weights in the real SD1.5 layout, made
+   once and cached under ``.cache/``);
+2. makes the demo concepts by running ``workflows/make_demo_concepts.json``
+   (training-free word edits: "cat" rendered as "dog", "chair" as "table");
+3. runs ``workflows/concept_txt2img.json`` (one concept) and
+   ``workflows/beta_sweep.json`` (a labelled grid over the gate bias);
+4. copies the images (and the concept files) to ``--out`` (default ``out/``).
+
+The shipped workflows are the same files you load in the ComfyUI web UI;
+they are only re-pointed at the checkpoint and, for a real model, given a
+real image size and step count. With the built-in model the images show
+random-weight structure, not pictures: the demo proves the pipeline runs.
+
+To add a step (e.g. train a concept instead of the word edit), add a
+``Step`` to ``STEPS``: each names a workflow and says what it produces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+if __package__ in (None, ""):  # run as a script: make `tools.*` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tools import make_workflows as wf  # noqa: E402
+from tools.comfy_server import ComfyServer, ServerError  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO_ROOT / "out"
+# Image size and steps for a real checkpoint (the shipped workflows are sized for the tiny demo model).
+REAL_MODEL_SIZE = 512
+REAL_MODEL_STEPS = 20
+
+
+class DemoError(RuntimeError):
+    """A failure with a message meant for the user (printed without a traceback)."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One workflow run of the demo.
+
+    ``makes_concepts``: the step writes concept files (checked and copied to
+    ``<out>/concepts``); otherwise its images are copied to ``<out>``.
+    """
+
+    workflow: str
+    what: str
+    makes_concepts: bool = False
+
+
+STEPS: tuple[Step, ...] = (
+    Step("make_demo_concepts", "make the demo concepts (word edits: cat -> dog, chair -> table)", makes_concepts=True),
+    Step("concept_txt2img", "text to image with one concept (prompt 'a photo of a cat sitting on a sofa')"),
+    Step("beta_sweep", "the same prompt at gate bias beta 0.4 ... 0.8 as one labelled grid"),
+)
+
+
+@dataclass
+class StepResult:
+    step: Step
+    seconds: float
+    files: list[Path]
+
+
+def install_file(src: Path, dest: Path) -> Path:
+    """Make ``src`` available as ``dest``: a symlink (no copy of a multi-GB file), or a copy where links fail."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists() or dest.is_symlink():
+        dest.unlink()
+    try:
+        dest.symlink_to(src.resolve())
+    except OSError:
+        shutil.copy2(src, dest)
+    return dest
+
+
+def built_in_checkpoint() -> Path:
+    """The small demo model (tiny SD1.5 layout, random weights), written on first use."""
+    from tools.random_models import cached_checkpoint
+
+    return cached_checkpoint("sd1", "tiny", seed=0)
+
+
+def retarget(prompt: Mapping[str, Any], ckpt_name: str, size: int | None = None,
+             steps: int | None = None) -> dict[str, Any]:
+    """A copy of an API prompt with every checkpoint loader, latent/control image size and sampler step count changed."""
+    out: dict[str, Any] = {}
+    for nid, entry in prompt.items():
+        entry = {**entry, "inputs": dict(entry["inputs"])}
+        inputs, kind = entry["inputs"], entry["class_type"]
+        if kind == "CheckpointLoaderSimple":
+            inputs["ckpt_name"] = ckpt_name
+        if size is not None and kind in ("EmptyLatentImage", "EmptyImage"):
+            inputs["width"] = inputs["height"] = size
+        if steps is not None and kind in ("KSampler", "KSamplerAdvanced"):
+            inputs["steps"] = steps
+        out[nid] = entry
+    return out
+
+
+def saved_files(server: ComfyServer, history: Mapping[str, Any]) -> list[Path]:
+    """Files the prompt's SaveImage nodes wrote, in the server's output folder."""
+    files = []
+    for out in history.get("outputs", {}).values():
+        for ref in out.get("images", []):
+            if ref.get("type", "output") == "output":
+                files.append(server.output_dir / ref.get("subfolder", "") / ref["filename"])
+    return sorted(files)
+
+
+def saved_concepts(server: ComfyServer, history: Mapping[str, Any]) -> list[Path]:
+    """Concept files the prompt's SavePerfusionConcept nodes reported."""
+    root = server.models_dir / "perfusion"
+    return sorted(root / name for out in history.get("outputs", {}).values() for name in out.get("text", []))
+
+
+def run_demo(checkpoint: Path | None, out_dir: Path, *, size: int | None = None, steps: int | None = None,
+             timeout: float = 1800.0, keep_server_dir: bool = False,
+             say: Callable[[str], None] = print) -> list[StepResult]:
+    """Run every step of ``STEPS`` in a fresh server; copy results to ``out_dir``. Raises DemoError."""
+    if checkpoint is not None:
+        checkpoint = checkpoint.expanduser()
+        if not checkpoint.is_file():
+            raise DemoError(f"checkpoint not found: {checkpoint}")
+        if checkpoint.suffix not in (".safetensors", ".ckpt", ".pt", ".pth", ".sft"):
+            raise DemoError(f"{checkpoint} is not a checkpoint file (.safetensors or .ckpt)")
+        ckpt_name = checkpoint.name
+        size = size or REAL_MODEL_SIZE
+        steps = steps or REAL_MODEL_STEPS
+    else:
+        say("Using the built-in demo model (tiny SD1.5 layout, random weights: expect noise-like images).")
+        checkpoint = built_in_checkpoint()
+        ckpt_name = wf.CHECKPOINT
+
+    results: list[StepResult] = []
+    server = ComfyServer(keep_work_dir=keep_server_dir)
+    say("Starting ComfyUI with the Perfusion node pack ...")
+    try:
+        server.start()
+        say(f"  server up in {server.start_seconds:.0f} s at {server.url} (work folder {server.work_dir})")
+        if not server.pack_loaded():
+            raise DemoError(f"ComfyUI did not import the Perfusion node pack:\n{server.pack_error()}")
+        install_file(checkpoint, server.models_dir / "checkpoints" / ckpt_name)
+        say(f"  checkpoint: {checkpoint} -> models/checkpoints/{ckpt_name}")
+        object_info = server.object_info()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for step in STEPS:
+            say(f"Running workflows/{step.workflow}.json: {step.what} ...")
+            prompt = retarget(wf.load_api(step.workflow, object_info), ckpt_name, size, steps)
+            t0 = time.perf_counter()
+            history = server.run(prompt, timeout=timeout)
+            seconds = time.perf_counter() - t0
+            if step.makes_concepts:
+                made = saved_concepts(server, history)
+                missing = [p for p in made if not p.is_file()]
+                if not made or missing:
+                    raise DemoError(f"{step.workflow}: no concept file was written ({missing or 'none reported'})")
+                dest = out_dir / "concepts"
+            else:
+                made = saved_files(server, history)
+                if not made:
+                    raise DemoError(f"{step.workflow}: the workflow produced no image")
+                dest = out_dir
+            dest.mkdir(parents=True, exist_ok=True)
+            copied = []
+            for path in made:
+                shutil.copy2(path, dest / path.name)
+                copied.append(dest / path.name)
+            results.append(StepResult(step, seconds, copied))
+            say(f"  done in {seconds:.1f} s: " + ", ".join(str(p) for p in copied))
+        for line in server.log_text().splitlines():
+            if "Perfusion:" in line and "hooked" in line:
+                say(f"  server log: {line.strip()}")
+                break
+    except ServerError as e:  # validation, execution and start-up failures carry the server's own message
+        raise DemoError(str(e)) from e
+    finally:
+        server.stop()
+        if keep_server_dir:
+            say(f"Server folder kept: {server.work_dir} (log: {server.log_path})")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Start ComfyUI with the Perfusion pack, make demo concepts and generate images with them.")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="an SD1.x/SD2.x/SDXL single-file checkpoint; default: the small built-in demo model")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to put the images (default: out/)")
+    parser.add_argument("--size", type=int, default=None,
+                        help=f"image size in pixels (default: {wf.SIZE} for the demo model, "
+                             f"{REAL_MODEL_SIZE} for --checkpoint)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"sampling steps (default: {wf.STEPS} for the demo model, "
+                             f"{REAL_MODEL_STEPS} for --checkpoint)")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per workflow (default 1800)")
+    parser.add_argument("--keep-server-dir", action="store_true",
+                        help="keep the server's temporary folder (models, outputs, server.log) for inspection")
+    args = parser.parse_args(argv)
+    if args.size is not None and (args.size < 64 or args.size % 8):
+        parser.error("--size must be a multiple of 8, at least 64")
+    if args.steps is not None and args.steps < 1:
+        parser.error("--steps must be at least 1")
+
+    t0 = time.perf_counter()
+    try:
+        results = run_demo(args.checkpoint, args.out, size=args.size, steps=args.steps, timeout=args.timeout,
+                           keep_server_dir=args.keep_server_dir)
+    except (DemoError, FileNotFoundError, OSError) as e:
+        print(f"\ndemo failed: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ndemo interrupted", file=sys.stderr)
+        return 130
+    images = [p for r in results if not r.step.makes_concepts for p in r.files]
+    print(f"\nDone in {time.perf_counter() - t0:.0f} s. Images in {args.out.resolve()}:")
+    for path in images:
+        print(f"  {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

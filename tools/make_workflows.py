@@ -1,0 +1,292 @@
+"""Generate the example workflows shipped in ``workflows/``.
+
+The workflows are authored here as API-format prompts (readable, diffable,
+easy to vary in tests) and written as UI-format files that open in the
+ComfyUI web UI. The UI format stores widget values by position, and the
+positions depend on the node definitions, so the conversion asks a real
+server for ``/object_info``: the script starts one with this pack loaded.
+
+    python tools/make_workflows.py           # (re)write workflows/*.json
+    python tools/make_workflows.py --check   # exit 1 if a file is stale
+
+Output is deterministic (node ids, layout and the workflow id derive from the
+prompt), so re-running it on an unchanged tree changes nothing.
+
+Every workflow is small on purpose (64x64 px, 4 steps): the tests and
+``tools/demo.py`` run them on a tiny random-weight model in seconds. With a
+real checkpoint, raise the latent size and step count in the UI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+if __package__ in (None, ""):  # run as a script: make `tools.*` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tools.workflow_format import api_to_ui, ui_to_api, widget_value_problems  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WORKFLOW_DIR = REPO_ROOT / "workflows"
+
+# Model file names the workflows reference (what tests and the demo install).
+CHECKPOINT = "perfusion_demo_sd15.safetensors"
+LORA = "perfusion_demo_lora.safetensors"
+CONTROLNET = "perfusion_demo_controlnet.safetensors"
+# Concepts made by make_demo_concepts: (file stem, trigger word, target word).
+DEMO_CONCEPTS: tuple[tuple[str, str, str], ...] = (
+    ("demo_cat_to_dog", "cat", "dog"),
+    ("demo_chair_to_table", "chair", "table"),
+)
+CAT_CONCEPT = DEMO_CONCEPTS[0][0] + ".safetensors"
+CHAIR_CONCEPT = DEMO_CONCEPTS[1][0] + ".safetensors"
+
+SIZE = 64  # latent size in pixels
+STEPS = 4
+SEED = 42
+CFG = 5.0
+STATISTICS_CAPTIONS = 500
+BETAS: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8)
+TAU = 0.15
+NEGATIVE = "blurry, low quality, watermark"
+# Output file prefixes (a sub-folder of ComfyUI's output folder per workflow).
+OUTPUT_PREFIX = "perfusion"
+
+Prompt = dict[str, dict[str, Any]]
+Link = list[Any]
+
+
+class Graph:
+    """A tiny API-prompt builder: nodes get readable keys and titles.
+
+    The keys are not numeric, so ``api_to_ui`` renumbers nodes 1..n in
+    insertion order; titles travel in ``_meta`` and show in the UI.
+    """
+
+    def __init__(self) -> None:
+        self.prompt: Prompt = {}
+
+    def add(self, key: str, class_type: str, title: str | None = None, **inputs: Any) -> str:
+        """Add node ``key``; link inputs are written as ``graph.out(key, index)``."""
+        if key in self.prompt:
+            raise ValueError(f"duplicate node key {key!r}")
+        entry: dict[str, Any] = {"class_type": class_type, "inputs": inputs}
+        if title:
+            entry["_meta"] = {"title": title}
+        self.prompt[key] = entry
+        return key
+
+    @staticmethod
+    def out(key: str, index: int = 0) -> Link:
+        """A link to output ``index`` of node ``key``."""
+        return [key, index]
+
+
+# ----------------------------------------------------------------------------- building blocks
+def _checkpoint(g: Graph) -> tuple[Link, Link, Link]:
+    """CheckpointLoaderSimple; returns (model, clip, vae) links."""
+    g.add("ckpt", "CheckpointLoaderSimple", "Checkpoint (SD1.5 or SDXL)", ckpt_name=CHECKPOINT)
+    return g.out("ckpt", 0), g.out("ckpt", 1), g.out("ckpt", 2)
+
+
+def _gate(g: Graph, key: str, concept: Link, beta: float, title: str, strength: float = 1.0) -> Link:
+    g.add(key, "ConceptGate", title, concept=concept, beta=beta, tau=TAU, strength=strength,
+          start_percent=0.0, end_percent=1.0, lock_mode="concept default")
+    return g.out(key)
+
+
+def _apply(g: Graph, key: str, model: Link, clip: Link, concept: Link, title: str) -> tuple[Link, Link]:
+    g.add(key, "ApplyKeyLockedEdit", title, model=model, clip=clip, concept=concept, trigger_word="")
+    return g.out(key, 0), g.out(key, 1)
+
+
+def _sample_and_decode(g: Graph, suffix: str, model: Link, clip: Link, vae: Link, text: str,
+                       latent: Link, label: str = "") -> tuple[Link, Link, Link]:
+    """Positive and negative prompt with ``clip``, KSampler, VAEDecode; returns (image, positive, negative)."""
+    tag = f" ({label})" if label else ""
+    g.add(f"pos{suffix}", "CLIPTextEncode", f"Prompt{tag}", text=text, clip=clip)
+    g.add(f"neg{suffix}", "CLIPTextEncode", f"Negative prompt{tag}", text=NEGATIVE, clip=clip)
+    positive, negative = g.out(f"pos{suffix}"), g.out(f"neg{suffix}")
+    g.add(f"sampler{suffix}", "KSampler", f"KSampler{tag}", model=model, seed=SEED, steps=STEPS, cfg=CFG,
+          sampler_name="euler", scheduler="normal", positive=positive, negative=negative,
+          latent_image=latent, denoise=1.0)
+    g.add(f"decode{suffix}", "VAEDecode", f"VAE Decode{tag}", samples=g.out(f"sampler{suffix}"), vae=vae)
+    return g.out(f"decode{suffix}"), positive, negative
+
+
+def _latent(g: Graph) -> Link:
+    g.add("latent", "EmptyLatentImage", "Empty latent", width=SIZE, height=SIZE, batch_size=1)
+    return g.out("latent")
+
+
+def _save(g: Graph, images: Link, name: str) -> None:
+    g.add("save", "SaveImage", "Save image", images=images, filename_prefix=f"{OUTPUT_PREFIX}/{name}")
+
+
+# ----------------------------------------------------------------------------- the workflows
+def make_demo_concepts() -> Prompt:
+    """Two training-free word-edit concepts (cat->dog, chair->table) saved to models/perfusion."""
+    g = Graph()
+    model, clip, _vae = _checkpoint(g)
+    for stem, trigger, target in DEMO_CONCEPTS:
+        g.add(f"edit_{trigger}", "PerfusionWordEdit", f"Word edit: {trigger} -> {target}", model=model, clip=clip,
+              trigger_word=trigger, target_word=target, template="a photo of a {}",
+              statistics_captions=STATISTICS_CAPTIONS)
+        g.add(f"save_{trigger}", "SavePerfusionConcept", f"Save {stem}", concept=g.out(f"edit_{trigger}"),
+              filename_prefix=stem)
+    return g.prompt
+
+
+def concept_txt2img() -> Prompt:
+    """(a) One concept: load, gate, apply to MODEL and CLIP, sample with the trigger in the prompt."""
+    g = Graph()
+    model, clip, vae = _checkpoint(g)
+    g.add("concept", "LoadPerfusionConcept", "Load concept (cat -> dog)", concept_name=CAT_CONCEPT)
+    gated = _gate(g, "gate", g.out("concept"), 0.7, "Concept gate")
+    model, clip = _apply(g, "apply", model, clip, gated, "Apply concept")
+    image, _, _ = _sample_and_decode(g, "", model, clip, vae, "a photo of a cat sitting on a sofa", _latent(g))
+    _save(g, image, "concept_txt2img")
+    return g.prompt
+
+
+def two_concepts() -> Prompt:
+    """(b) Two concepts chained through two ApplyKeyLockedEdit nodes: one joint edit, both triggers in one prompt."""
+    g = Graph()
+    model, clip, vae = _checkpoint(g)
+    for key, name, label in (("cat", CAT_CONCEPT, "cat -> dog"), ("chair", CHAIR_CONCEPT, "chair -> table")):
+        g.add(f"concept_{key}", "LoadPerfusionConcept", f"Load concept ({label})", concept_name=name)
+        # beta 0.6 is the paper's multi-concept inference default.
+        gated = _gate(g, f"gate_{key}", g.out(f"concept_{key}"), 0.6, f"Concept gate ({key})")
+        model, clip = _apply(g, f"apply_{key}", model, clip, gated, f"Apply concept ({key})")
+    image, _, _ = _sample_and_decode(g, "", model, clip, vae, "a photo of a cat sitting on a chair", _latent(g))
+    _save(g, image, "two_concepts")
+    return g.prompt
+
+
+def concept_lora_controlnet() -> Prompt:
+    """(c) A concept on top of a LoRA, with a ControlNet guiding the layout (control image made in-graph)."""
+    g = Graph()
+    model, clip, vae = _checkpoint(g)
+    g.add("lora", "LoraLoader", "LoRA", model=model, clip=clip, lora_name=LORA, strength_model=1.0,
+          strength_clip=1.0)
+    g.add("concept", "LoadPerfusionConcept", "Load concept (cat -> dog)", concept_name=CAT_CONCEPT)
+    gated = _gate(g, "gate", g.out("concept"), 0.7, "Concept gate")
+    model, clip = _apply(g, "apply", g.out("lora", 0), g.out("lora", 1), gated, "Apply concept (after the LoRA)")
+    latent = _latent(g)
+    g.add("pos", "CLIPTextEncode", "Prompt", text="a photo of a cat in a garden", clip=clip)
+    g.add("neg", "CLIPTextEncode", "Negative prompt", text=NEGATIVE, clip=clip)
+    # A plain coloured image stands in for a pose/depth/edge map, so the workflow needs no input file.
+    g.add("control_image", "EmptyImage", "Control image (replace with LoadImage)", width=SIZE, height=SIZE,
+          batch_size=1, color=0x4080C0)
+    g.add("controlnet", "ControlNetLoader", "ControlNet", control_net_name=CONTROLNET)
+    g.add("apply_cn", "ControlNetApplyAdvanced", "Apply ControlNet", positive=g.out("pos"), negative=g.out("neg"),
+          control_net=g.out("controlnet"), image=g.out("control_image"), strength=0.8, start_percent=0.0,
+          end_percent=1.0)
+    g.add("sampler", "KSampler", "KSampler", model=model, seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler",
+          scheduler="normal", positive=g.out("apply_cn", 0), negative=g.out("apply_cn", 1), latent_image=latent,
+          denoise=1.0)
+    g.add("decode", "VAEDecode", "VAE Decode", samples=g.out("sampler"), vae=vae)
+    _save(g, g.out("decode"), "concept_lora_controlnet")
+    return g.prompt
+
+
+def beta_label(beta: float) -> str:
+    """The grid label of one sweep cell."""
+    return f"beta {beta:g}"
+
+
+def beta_sweep() -> Prompt:
+    """(d) One concept at several gate biases (same seed), laid out as a labelled grid."""
+    g = Graph()
+    model, clip, vae = _checkpoint(g)
+    g.add("concept", "LoadPerfusionConcept", "Load concept (cat -> dog)", concept_name=CAT_CONCEPT)
+    latent = _latent(g)
+    batch: Link | None = None
+    for i, beta in enumerate(BETAS):
+        label = beta_label(beta)
+        gated = _gate(g, f"gate{i}", g.out("concept"), beta, f"Concept gate ({label})")
+        m, c = _apply(g, f"apply{i}", model, clip, gated, f"Apply concept ({label})")
+        image, _, _ = _sample_and_decode(g, str(i), m, c, vae, "a photo of a cat sitting on a sofa", latent, label)
+        if batch is None:
+            batch = image
+        else:
+            g.add(f"batch{i}", "ImageBatch", f"Batch images (+ {label})", image1=batch, image2=image)
+            batch = g.out(f"batch{i}")
+    assert batch is not None
+    g.add("grid", "PerfusionLabelledGrid", "Labelled grid", images=batch,
+          labels=", ".join(beta_label(b) for b in BETAS), columns=len(BETAS))
+    _save(g, g.out("grid"), "beta_sweep")
+    return g.prompt
+
+
+WORKFLOWS: dict[str, Callable[[], Prompt]] = {
+    "make_demo_concepts": make_demo_concepts,
+    "concept_txt2img": concept_txt2img,
+    "two_concepts": two_concepts,
+    "concept_lora_controlnet": concept_lora_controlnet,
+    "beta_sweep": beta_sweep,
+}
+
+
+# ----------------------------------------------------------------------------- files
+def workflow_path(name: str) -> Path:
+    """Where workflow ``name`` is shipped."""
+    return WORKFLOW_DIR / f"{name}.json"
+
+
+def render(name: str, object_info: Mapping[str, Any]) -> str:
+    """The UI-format JSON text of workflow ``name`` (checked against the node definitions)."""
+    prompt = WORKFLOWS[name]()
+    problems = widget_value_problems(prompt, object_info, check_combo_options=False)
+    if problems:
+        raise ValueError(f"workflow {name}: " + "; ".join(problems))
+    return json.dumps(api_to_ui(prompt, object_info), indent=2) + "\n"
+
+
+def load_api(name_or_path: str | Path, object_info: Mapping[str, Any]) -> Prompt:
+    """Read a shipped UI-format workflow and convert it to an API prompt for POST /prompt."""
+    path = Path(name_or_path)
+    if path.suffix != ".json":
+        path = workflow_path(str(name_or_path))
+    return ui_to_api(json.loads(path.read_text(encoding="utf-8")), object_info)
+
+
+def write_all(object_info: Mapping[str, Any], check: bool = False) -> list[str]:
+    """Write every workflow (or, with ``check``, only compare); returns the names that changed."""
+    changed = []
+    WORKFLOW_DIR.mkdir(exist_ok=True)
+    for name in WORKFLOWS:
+        text = render(name, object_info)
+        path = workflow_path(name)
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            changed.append(name)
+            if not check:
+                path.write_text(text, encoding="utf-8")
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="only report stale files (exit 1 if any)")
+    args = parser.parse_args(argv)
+
+    from tools.comfy_server import ComfyServer
+
+    with ComfyServer() as server:
+        if not server.pack_loaded():
+            print(f"the node pack failed to import:\n{server.pack_error()}", file=sys.stderr)
+            return 1
+        object_info = server.object_info()
+    changed = write_all(object_info, check=args.check)
+    for name in WORKFLOWS:
+        state = ("stale" if args.check else "written") if name in changed else "unchanged"
+        print(f"{workflow_path(name).relative_to(REPO_ROOT)}: {state}")
+    return 1 if (args.check and changed) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
