@@ -7,8 +7,8 @@ from typing import Any
 import torch
 
 from perfusion_core.concept import ConceptError, TextEncoderId
+from perfusion_core.concept_file import FAMILY_NAMES  # noqa: F401  (re-exported for the nodes)
 
-FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
 ENCODER_NAMES = {"sd1": "clip-l", "sd2": "clip-h", "sdxl": "clip-l+clip-g"}
 
 

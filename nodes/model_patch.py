@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 
 from perfusion_core.concept import Concept
-from perfusion_core.edit import JointDirections, gated_edit, joint_directions
+from perfusion_core.edit import gated_edit, joint_directions
 from perfusion_core.schedule import interval_index, window_active
 
 PATCH_KEY = "perfusion"

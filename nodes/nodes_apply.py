@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from perfusion_core.concept import Concept, ConceptError
-from perfusion_core.concept_file import check_compatible
+from perfusion_core.concept_file import check_compatible, word_problem
 
 from . import clip_patch, host_model, model_patch
 from .nodes_concept import CATEGORY, CONCEPT
@@ -61,8 +61,9 @@ class ApplyKeyLockedEdit:
     def apply(self, model: Any, clip: Any, concept: Concept, trigger_word: str = "") -> tuple[Any, Any]:
         trigger_word = trigger_word.strip()
         if trigger_word:
-            if any(ch.isspace() for ch in trigger_word):
-                raise ConceptError(f"{NODE}: trigger_word must be one word, got {trigger_word!r}")
+            problem = word_problem(trigger_word, "trigger_word")
+            if problem:
+                raise ConceptError(f"{NODE}: {problem}")
             concept = concept.with_trigger(trigger_word)
         layers = check_concept_fits(concept, model, clip)
         return (model_patch.install(model, list(layers), [concept]),

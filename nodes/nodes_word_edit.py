@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from perfusion_core.concept import Concept, ConceptError
-from perfusion_core.word_edit import word_edit_concept
-
 from perfusion_core.captions import generate_captions
+from perfusion_core.concept import Concept, ConceptError
+from perfusion_core.concept_file import word_problem
 from perfusion_core.covariance import Whitener
+from perfusion_core.word_edit import word_edit_concept
 
 from . import host_model, statistics
 from .encoding import encode_word
@@ -47,8 +47,9 @@ class PerfusionWordEdit:
               statistics_captions: int = 1000) -> tuple[Concept]:
         trigger, target = trigger_word.strip(), target_word.strip()
         for name, word in (("trigger_word", trigger), ("target_word", target)):
-            if not word or any(ch.isspace() for ch in word):
-                raise ConceptError(f"{NODE}: {name} must be one word, got {word!r}")
+            problem = word_problem(word, name)
+            if problem:
+                raise ConceptError(f"{NODE}: {problem}")
         if trigger.lower() == target.lower():
             raise ConceptError(f"{NODE}: trigger_word and target_word are both {trigger!r}; nothing to edit")
         family = host_model.model_family(model)
