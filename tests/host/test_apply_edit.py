@@ -154,3 +154,17 @@ def test_word_edit_renders_cat_as_dog(pack, tiny_sd1, word_edit):
         assert (edited - reference).norm() < margin * token_distance, gate
         if gate["tau"] < 0.1:
             assert (edited - plain_dog).norm() < (plain_cat - plain_dog).norm()
+
+
+def test_input_clip_is_untouched(pack, tiny_sd1, word_edit):
+    import nodes as comfy_nodes
+
+    model, clip = tiny_sd1
+    tokenizer = clip.tokenizer
+    before = comfy_nodes.CLIPTextEncode().encode(clip, "a photo of a cat")[0][0][0].clone()
+    _, pclip = apply(pack, model, clip, word_edit.with_gate(lock="global"))
+    comfy_nodes.CLIPTextEncode().encode(pclip, "a photo of a cat")  # the patched CLIP runs first
+    after = comfy_nodes.CLIPTextEncode().encode(clip, "a photo of a cat")[0]
+    assert clip.tokenizer is tokenizer and not isinstance(tokenizer, pack.nodes.clip_patch.TriggerTokenizer)
+    assert torch.equal(after[0][0], before)
+    assert "model_conds" not in after[0][1], "the global-lock encoder patch must not leak into the input CLIP"
