@@ -140,14 +140,16 @@ class ProjectionHook:
         rt = self.runtime
         if rt.n == 0 or x.ndim != 3:
             return self.base_forward(x, *args, **kwargs)
-        consts = rt.on(x.device)
         batch, tokens, _ = x.shape
+        scale, index = rt.scale_for(batch, x.device)
+        if not bool(scale.any()):  # every concept outside its window (or at strength 0): exactly the base layer
+            return self.base_forward(x, *args, **kwargs)
+        consts = rt.on(x.device)
         anchors = consts["i_star"] if self.kind == "v" else torch.cat([consts["i_star"], consts["i_super"]])
         # One call of the layer's own forward for tokens and anchors: weights are cast once.
         y = self.base_forward(torch.cat([x.reshape(batch * tokens, -1), anchors.to(x.dtype)]), *args, **kwargs)
         base, w_anchor = y[: batch * tokens].reshape(batch, tokens, -1), y[batch * tokens:]
         w_istar = w_anchor[: rt.n]
-        scale, index = rt.scale_for(batch, x.device)
         if self.kind == "k":
             targets = w_anchor[rt.n:].unsqueeze(0).expand(batch, -1, -1)  # key lock: W_K i_super
         else:

@@ -45,6 +45,8 @@ DEFAULT_OUT = REPO_ROOT / "out"
 # Image size and steps for a real checkpoint (the shipped workflows are sized for the tiny demo model).
 REAL_MODEL_SIZE = 512
 REAL_MODEL_STEPS = 20
+# Text-encoder statistics survive between demo runs here (git-ignored); keyed by encoder weights and corpus.
+DEFAULT_STATISTICS_CACHE = REPO_ROOT / ".cache" / "perfusion_statistics"
 
 
 class DemoError(RuntimeError):
@@ -97,9 +99,10 @@ def built_in_checkpoint() -> Path:
     return cached_checkpoint("sd1", "tiny", seed=0)
 
 
-def retarget(prompt: Mapping[str, Any], ckpt_name: str, size: int | None = None,
-             steps: int | None = None) -> dict[str, Any]:
-    """A copy of an API prompt with every checkpoint loader, latent/control image size and sampler step count changed."""
+def retarget(prompt: Mapping[str, Any], ckpt_name: str, size: int | None = None, steps: int | None = None,
+             statistics_captions: int | None = None) -> dict[str, Any]:
+    """A copy of an API prompt pointed at ``ckpt_name``; ``None`` keeps the workflow's value of
+    the latent/control image size, the sampler steps and the word edit's statistics caption count."""
     out: dict[str, Any] = {}
     for nid, entry in prompt.items():
         entry = {**entry, "inputs": dict(entry["inputs"])}
@@ -110,6 +113,8 @@ def retarget(prompt: Mapping[str, Any], ckpt_name: str, size: int | None = None,
             inputs["width"] = inputs["height"] = size
         if steps is not None and kind in ("KSampler", "KSamplerAdvanced"):
             inputs["steps"] = steps
+        if statistics_captions is not None and kind == "PerfusionWordEdit":
+            inputs["statistics_captions"] = statistics_captions
         out[nid] = entry
     return out
 
@@ -130,10 +135,29 @@ def saved_concepts(server: ComfyServer, history: Mapping[str, Any]) -> list[Path
     return sorted(root / name for out in history.get("outputs", {}).values() for name in out.get("text", []))
 
 
+def sync_statistics(src: Path, dest: Path) -> list[str]:
+    """Copy statistics files from ``src`` that ``dest`` lacks; returns their names."""
+    if not src.is_dir():
+        return []
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for path in sorted(src.glob("*.safetensors")):
+        if not (dest / path.name).exists():
+            shutil.copy2(path, dest / path.name)
+            copied.append(path.name)
+    return copied
+
+
 def run_demo(checkpoint: Path | None, out_dir: Path, *, size: int | None = None, steps: int | None = None,
+             statistics_captions: int | None = None, statistics_cache: Path | None = DEFAULT_STATISTICS_CACHE,
              timeout: float = 1800.0, keep_server_dir: bool = False,
              say: Callable[[str], None] = print) -> list[StepResult]:
-    """Run every step of ``STEPS`` in a fresh server; copy results to ``out_dir``. Raises DemoError."""
+    """Run every step of ``STEPS`` in a fresh server; copy results to ``out_dir``. Raises DemoError.
+
+    ``statistics_cache``: a folder that keeps the text-encoder statistics C
+    between runs (the server's folders are temporary, and estimating C is the
+    slowest part on a CPU); None recomputes them every time.
+    """
     if checkpoint is not None:
         checkpoint = checkpoint.expanduser()
         if not checkpoint.is_file():
@@ -158,11 +182,14 @@ def run_demo(checkpoint: Path | None, out_dir: Path, *, size: int | None = None,
             raise DemoError(f"ComfyUI did not import the Perfusion node pack:\n{server.pack_error()}")
         install_file(checkpoint, server.models_dir / "checkpoints" / ckpt_name)
         say(f"  checkpoint: {checkpoint} -> models/checkpoints/{ckpt_name}")
+        server_statistics = server.models_dir / "perfusion" / "statistics"
+        if statistics_cache is not None and sync_statistics(statistics_cache, server_statistics):
+            say(f"  text-encoder statistics cache: {statistics_cache}")
         object_info = server.object_info()
         out_dir.mkdir(parents=True, exist_ok=True)
         for step in STEPS:
             say(f"Running workflows/{step.workflow}.json: {step.what} ...")
-            prompt = retarget(wf.load_api(step.workflow, object_info), ckpt_name, size, steps)
+            prompt = retarget(wf.load_api(step.workflow, object_info), ckpt_name, size, steps, statistics_captions)
             t0 = time.perf_counter()
             history = server.run(prompt, timeout=timeout)
             seconds = time.perf_counter() - t0
@@ -172,6 +199,10 @@ def run_demo(checkpoint: Path | None, out_dir: Path, *, size: int | None = None,
                 if not made or missing:
                     raise DemoError(f"{step.workflow}: no concept file was written ({missing or 'none reported'})")
                 dest = out_dir / "concepts"
+                if statistics_cache is not None:
+                    computed = sync_statistics(server_statistics, statistics_cache)
+                    say("  text-encoder statistics: " + (f"computed, kept in {statistics_cache} for the next run"
+                                                         if computed else "reused from the cache"))
             else:
                 made = saved_files(server, history)
                 if not made:
@@ -209,6 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None,
                         help=f"sampling steps (default: {wf.STEPS} for the demo model, "
                              f"{REAL_MODEL_STEPS} for --checkpoint)")
+    parser.add_argument("--statistics-captions", type=int, default=None,
+                        help="captions to estimate the text-encoder statistics from (default: the workflow's "
+                             f"{wf.STATISTICS_CAPTIONS}; fewer is faster and less exact)")
+    parser.add_argument("--statistics-cache", type=Path, default=DEFAULT_STATISTICS_CACHE,
+                        help="folder keeping the statistics between runs (default: .cache/perfusion_statistics)")
+    parser.add_argument("--no-statistics-cache", action="store_true", help="recompute the statistics every run")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per workflow (default 1800)")
     parser.add_argument("--keep-server-dir", action="store_true",
                         help="keep the server's temporary folder (models, outputs, server.log) for inspection")
@@ -217,11 +254,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--size must be a multiple of 8, at least 64")
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be at least 1")
+    if args.statistics_captions is not None and args.statistics_captions < 0:
+        parser.error("--statistics-captions must be 0 or more")
 
     t0 = time.perf_counter()
     try:
-        results = run_demo(args.checkpoint, args.out, size=args.size, steps=args.steps, timeout=args.timeout,
-                           keep_server_dir=args.keep_server_dir)
+        results = run_demo(args.checkpoint, args.out, size=args.size, steps=args.steps,
+                           statistics_captions=args.statistics_captions,
+                           statistics_cache=None if args.no_statistics_cache else args.statistics_cache,
+                           timeout=args.timeout, keep_server_dir=args.keep_server_dir)
     except (DemoError, FileNotFoundError, OSError) as e:
         print(f"\ndemo failed: {e}", file=sys.stderr)
         return 1

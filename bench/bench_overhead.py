@@ -1,0 +1,495 @@
+"""Inference overhead of Perfusion concepts in a real ComfyUI host (in-process, CPU).
+
+    .venv/bin/python bench/bench_overhead.py [--size full|tiny] [--steps N] [--repeats R] [--threads T]
+
+Measures, in one run, on the real ComfyUI SD1.5 UNet and CLIP-L with random
+weights (full layout by default):
+
+1. KSampler time with 0 (plain), 1 and 4 concepts. The four concepts are
+   training-free word edits chained through ApplyKeyLockedEdit, i.e. one joint
+   edit. Same seed and prompt (containing every trigger) for all three; the
+   runs are interleaved round by round (rotating which goes first) so drift in
+   machine load hits all three alike. The first round is a discarded warm-up.
+   Wall time and this process's CPU time are both recorded: on a shared
+   machine CPU time is far less disturbed by other processes.
+2. Where the time goes: every hooked to_k/to_v projection timed against its
+   own base forward on the same context and summed over the layers, which is
+   the low-noise estimate of the extra cost per UNet call.
+3. ApplyKeyLockedEdit.apply and LoadPerfusionConcept.load times (medians).
+4. Concept file sizes (fp16 / fp32) for the full SD1.5, SD2 and SDXL layouts
+   (layer widths read from UNets built on the meta device: no weights in RAM).
+
+Why a small latent: the edit only touches the text side of cross-attention
+(77 tokens per prompt, whatever the image size), so its absolute cost per
+UNet call is fixed while the UNet's own work grows with the latent. A small
+latent is therefore the worst case for the relative overhead, and keeps the
+whole run within minutes on two CPU cores.
+
+With --write-doc (the default for --size full) the results replace the
+generated section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tools.comfy_host import import_host  # noqa: E402
+
+DOC = REPO / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- bench_overhead: begin generated -->", "<!-- bench_overhead: end generated -->"
+PACK_MODULE = "perfusion_pack"
+# (trigger, target): common one-token words, so every trigger is an ordinary prompt word.
+WORD_EDITS = (("cat", "dog"), ("chair", "table"), ("car", "bus"), ("tree", "house"))
+PROMPT = "a photo of a cat next to a chair, a car and a tree"
+NEGATIVE = "blurry, low quality"
+TEMPLATE = "a photo of a {}"
+LIMITS = {"1 concept": 1.03, "4 concepts": 1.06}  # the issue's limits on time relative to plain
+EMBEDDING_WIDTHS = {"l": 768, "h": 1024, "g": 1280}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def import_pack() -> ModuleType:
+    """Import the repository as ComfyUI imports a custom node folder (as a package)."""
+    if PACK_MODULE in sys.modules:
+        return sys.modules[PACK_MODULE]
+    spec = importlib.util.spec_from_file_location(PACK_MODULE, REPO / "__init__.py",
+                                                  submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_MODULE] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def quiet_host() -> None:
+    """No progress bars or info logs in the timed loop (they cost time and clutter the output)."""
+    import logging
+
+    import comfy.utils
+
+    comfy.utils.PROGRESS_BAR_ENABLED = False
+    logging.getLogger().setLevel(logging.WARNING)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    """'median (min..max)' of ``values`` times ``scale``."""
+    v = [x * scale for x in values]
+    return f"{median(v):.{digits}f} ({min(v):.{digits}f}..{max(v):.{digits}f})"
+
+
+def quartiles(values: list[float]) -> str:
+    """'median (q1..q3)', the spread that one outlier round cannot stretch."""
+    if len(values) < 2:
+        return f"{median(values):.3f}"
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return f"{median(values):.3f} ({q1:.3f}..{q3:.3f})"
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def encode_pair(clip: Any) -> tuple[Any, Any]:
+    import nodes as comfy_nodes
+
+    encode = comfy_nodes.CLIPTextEncode().encode
+    return encode(clip, PROMPT)[0], encode(clip, NEGATIVE)[0]
+
+
+def hooks_of(pack: ModuleType, model: Any) -> list[Any]:
+    """The ProjectionHooks currently patched into the loaded UNet."""
+    hook_type = pack.nodes.model_patch.ProjectionHook
+    return [m.forward for m in model.model.diffusion_model.modules()
+            if isinstance(getattr(m, "forward", None), hook_type)]
+
+
+@dataclass
+class Config:
+    """One model/CLIP pair to sample with, its encoded prompt and its timings."""
+
+    name: str
+    model: Any
+    clip: Any
+    positive: Any = None
+    negative: Any = None
+    times: list[float] = field(default_factory=list)
+    cpu_times: list[float] = field(default_factory=list)
+    switch_times: list[float] = field(default_factory=list)
+    output: torch.Tensor | None = None
+
+
+# ----------------------------------------------------------------------------- measurements
+
+def build_concepts(pack: ModuleType, model: Any, clip: Any, captions: int) -> list[Any]:
+    builder = pack.nodes.nodes_word_edit.PerfusionWordEdit()
+    return [builder.build(model, clip, trigger, target, TEMPLATE, captions)[0] for trigger, target in WORD_EDITS]
+
+
+def apply_all(pack: ModuleType, model: Any, clip: Any, concepts: list[Any]) -> tuple[Any, Any]:
+    node = pack.nodes.nodes_apply.ApplyKeyLockedEdit()
+    for concept in concepts:
+        model, clip = node.apply(model, clip, concept)
+    return model, clip
+
+
+def sample(cfg: Config, args: argparse.Namespace) -> tuple[float, float, float, torch.Tensor]:
+    """(seconds to make the model current, wall seconds, CPU seconds, latent) of one KSampler run.
+
+    Loading is timed apart: switching between clones unpatches one and patches
+    the next, a cost that a graph which keeps one model does not pay per run.
+    """
+    import comfy.model_management as mm
+    import nodes as comfy_nodes
+
+    switch, _ = timed(lambda: mm.load_models_gpu([cfg.model]))
+    latent = {"samples": torch.zeros(1, 4, args.latent, args.latent)}
+    cpu = time.process_time()
+    seconds, out = timed(lambda: comfy_nodes.common_ksampler(
+        cfg.model, args.seed, args.steps, args.cfg, "euler", "normal", cfg.positive, cfg.negative, latent))
+    return switch, seconds, time.process_time() - cpu, out[0]["samples"]
+
+
+def run_sampling(configs: list[Config], args: argparse.Namespace) -> None:
+    """A warm-up round, then ``repeats`` interleaved rounds; each round rotates the starting config."""
+    for cfg in configs:
+        cfg.positive, cfg.negative = encode_pair(cfg.clip)
+    for rnd in range(args.repeats + 1):
+        order = configs[rnd % len(configs):] + configs[:rnd % len(configs)]
+        for cfg in order:
+            switch, seconds, cpu, out = sample(cfg, args)
+            if rnd == 0:
+                cfg.output = out
+                print(f"  warm-up  {cfg.name:>10}: {seconds:6.2f} s", flush=True)
+                continue
+            if not torch.equal(out, cfg.output):
+                raise RuntimeError(f"{cfg.name}: the same seed gave a different latent; the comparison is void")
+            cfg.times.append(seconds)
+            cfg.cpu_times.append(cpu)
+            cfg.switch_times.append(switch)
+            print(f"  round {rnd:2d} {cfg.name:>10}: {seconds:6.2f} s wall, {cpu:6.2f} s CPU "
+                  f"(switch {switch * 1e3:5.1f} ms, load avg {os.getloadavg()[0]:.2f})", flush=True)
+
+
+def hook_costs(pack: ModuleType, cfg: Config, loops: int) -> dict[str, float]:
+    """Per UNet call: seconds in all hooked projections and in their base forwards, on the real
+    cond+uncond context (batch 2), plus the APPLY_MODEL wrapper's per-call step state."""
+    import comfy.model_management as mm
+
+    mm.load_models_gpu([cfg.model])
+    context = torch.cat([cfg.positive[0][0], cfg.negative[0][0]])  # (2, 77, D), as the sampler batches it
+    hooks = hooks_of(pack, cfg.model)
+    if not hooks:
+        raise RuntimeError(f"{cfg.name}: no Perfusion hooks found on the loaded model")
+
+    def best(calls: list[Callable]) -> tuple[float, float]:
+        """(wall, CPU) seconds of one pass over ``calls``, best of ``loops``: the cost without interference."""
+        wall, cpu = float("inf"), float("inf")
+        for _ in range(loops):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            for call in calls:
+                call(context)
+            wall, cpu = min(wall, time.perf_counter() - start), min(cpu, time.process_time() - start_cpu)
+        return wall, cpu
+
+    hooked, hooked_cpu = best(hooks)
+    base, base_cpu = best([h.base_forward for h in hooks])
+    runtime, sigmas, sampling = hooks[0].runtime, torch.tensor([5.0, 5.0]), cfg.model.model.model_sampling
+    step = min(timed(lambda: runtime.step_state(sigmas, sampling))[0] for _ in range(loops * 10))
+    return {"hooks": len(hooks), "hooked": hooked, "base": base, "hooked_cpu": hooked_cpu, "base_cpu": base_cpu,
+            "step_state": step}
+
+
+def profile_hooks(pack: ModuleType, cfg: Config, loops: int = 20) -> str:
+    """torch.profiler table (self CPU time by op) of ``loops`` passes over the hooked projections."""
+    import comfy.model_management as mm
+
+    mm.load_models_gpu([cfg.model])
+    context = torch.cat([cfg.positive[0][0], cfg.negative[0][0]])
+    hooks = hooks_of(pack, cfg.model)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(loops):
+            for hook in hooks:
+                hook(context)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14)
+
+
+def apply_times(pack: ModuleType, model: Any, clip: Any, concepts: list[Any], repeats: int) -> dict[str, list[float]]:
+    one = [timed(lambda: apply_all(pack, model, clip, concepts[:1]))[0] for _ in range(repeats)]
+    four = [timed(lambda: apply_all(pack, model, clip, concepts))[0] for _ in range(repeats)]
+    return {"ApplyKeyLockedEdit.apply, 1 concept": one, f"ApplyKeyLockedEdit.apply x{len(concepts)}, chained": four}
+
+
+def synthetic_concept(family: str, layers: dict[str, int], context_dim: int, sets: int = 1) -> Any:
+    """A concept with the shapes a trained one has (embeddings included); values are irrelevant here."""
+    from perfusion_core.concept import Concept, TextEncoderId
+    from perfusion_core.concept_file import EMBEDDING_KEYS
+
+    vec = torch.randn(context_dim)
+    return Concept(trigger="sks", superclass="cat", family=family, text_encoder=TextEncoderId("bench"),
+                   i_star=vec, u=vec.clone(), i_super=torch.randn(context_dim),
+                   v_targets={name: torch.randn(sets, width) for name, width in layers.items()},
+                   embeddings={k: torch.randn(EMBEDDING_WIDTHS[k]) for k in EMBEDDING_KEYS[family]},
+                   statistics="bench")
+
+
+def concept_files(pack: ModuleType, folder: str, word_edit: Any, size: str) -> list[dict[str, Any]]:
+    """Write concept files per layout and storage dtype; rows with their sizes and file names."""
+    from perfusion_core.concept_file import save_concept
+    from tools import random_models
+
+    cases = [(f"SD1.5 word edit from this run ({size} layout, no embedding)", word_edit)]
+    for family, label in (("sd1", "SD1.5"), ("sd2", "SD2.x"), ("sdxl", "SDXL")):
+        meta = random_models.build_unet(family, "full", device="meta")  # shapes only, no memory
+        layers = pack.nodes.host_model.cross_attention_layers(meta)
+        dim = random_models.CONTEXT_DIM[family]
+        cases.append((f"{label} trained concept", synthetic_concept(family, layers, dim)))
+        if family == "sdxl":
+            cases.append((f"{label} trained, 2 timestep sets", synthetic_concept(family, layers, dim, sets=2)))
+    rows = []
+    for n, (label, concept) in enumerate(cases):
+        tensors = (concept.i_star, concept.u, concept.i_super, *concept.v_targets.values(),
+                   *concept.embeddings.values())
+        row = {"label": label, "layers": len(concept.v_targets), "floats": sum(t.numel() for t in tensors)}
+        for dtype in ("float16", "float32"):
+            name = f"concept_{n}_{dtype}.safetensors"
+            path = save_concept(concept, Path(folder) / name, dtype=getattr(torch, dtype), overwrite=True)
+            row[dtype], row[dtype + "_name"] = path.stat().st_size, name
+        rows.append(row)
+    return rows
+
+
+def load_times(pack: ModuleType, files: list[dict[str, Any]], repeats: int) -> dict[str, list[float]]:
+    """LoadPerfusionConcept.load (read + full validation) of the fp16 word edit and SDXL files."""
+    loader = pack.nodes.nodes_concept.LoadPerfusionConcept()
+    out = {}
+    for row in (files[0], next(r for r in files if r["label"] == "SDXL trained concept")):
+        name = row["float16_name"]
+        loader.load(name)  # warm the page cache: what is timed is parsing and checking
+        out[f"LoadPerfusionConcept.load, {row['label'].split(' (')[0]} (fp16)"] = \
+            [timed(lambda n=name: loader.load(n))[0] for _ in range(repeats)]
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+
+def machine_facts(threads: int) -> dict[str, str]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import comfyui_version
+
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "threads": str(threads), "torch": torch.__version__,
+            "python": platform.python_version(), "comfyui": comfyui_version.__version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def verdict(ratio: float, name: str) -> str:
+    limit = LIMITS.get(name)
+    return "" if limit is None else ("met" if ratio <= limit else "MISSED")
+
+
+def sampling_table(args: argparse.Namespace, configs: list[Config]) -> list[str]:
+    plain = configs[0]
+    lines = [
+        ("| configuration | wall s, median (min..max) | CPU s, median (min..max) | wall / plain, paired "
+         "(quartiles) | CPU / plain, paired (quartiles) | limit | verdict (wall, CPU) |"),
+        "|---|---|---|---|---|---|---|",
+    ]
+    for cfg in configs:
+        wall = [t / p for t, p in zip(cfg.times, plain.times)]
+        cpu = [t / p for t, p in zip(cfg.cpu_times, plain.cpu_times)]
+        limit = f"<= {LIMITS[cfg.name]:.2f}" if cfg.name in LIMITS else ""
+        checks = f"{verdict(median(wall), cfg.name)}, {verdict(median(cpu), cfg.name)}" if limit else ""
+        lines.append(f"| {cfg.name} | {spread(cfg.times)} | {spread(cfg.cpu_times)} | {quartiles(wall)} | "
+                     f"{quartiles(cpu)} | {limit} | {checks} |")
+    return lines
+
+
+def hook_table(configs: list[Config], hooks: dict[str, dict[str, float]], unet_calls: int) -> list[str]:
+    plain = configs[0]
+    per_call, per_call_cpu = median(plain.times) / unet_calls, median(plain.cpu_times) / unet_calls
+    lines = [
+        ("| configuration | hooked projections | hooked ms | their base forwards ms | extra ms (wall, CPU) | "
+         "step state ms | extra / plain UNet call (wall, CPU) | verdict (CPU) |"),
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, h in hooks.items():
+        extra = h["hooked"] - h["base"] + h["step_state"]
+        extra_cpu = h["hooked_cpu"] - h["base_cpu"] + h["step_state"]
+        lines.append(f"| {name} | {h['hooks']} | {h['hooked'] * 1e3:.2f} | {h['base'] * 1e3:.2f} | "
+                     f"{extra * 1e3:.2f}, {extra_cpu * 1e3:.2f} | {h['step_state'] * 1e3:.3f} | "
+                     f"{extra / per_call:.2%}, {extra_cpu / per_call_cpu:.2%} | "
+                     f"{verdict(1 + extra_cpu / per_call_cpu, name)} |")
+    return lines
+
+
+def report(args: argparse.Namespace, command: str, facts: dict[str, str], configs: list[Config],
+           hooks: dict[str, dict[str, float]], ops: dict[str, list[float]], files: list[dict[str, Any]],
+           setup: dict[str, float], load_avg: tuple[float, float]) -> str:
+    plain = configs[0]
+    unet_calls = args.steps  # euler: one UNet call (cond + uncond batched) per step
+    switches = [s for cfg in configs for s in cfg.switch_times]
+    lines = [
+        f"Command: `{command}`",
+        "",
+        (f"Machine: {facts['cpu']}, {facts['cores']} cores, torch.set_num_threads({facts['threads']}); "
+         f"torch {facts['torch']}, Python {facts['python']}, ComfyUI {facts['comfyui']}; {facts['date']}. "
+         f"Load average (1 min) {load_avg[0]:.2f} at the start, {load_avg[1]:.2f} at the end."),
+        "",
+        "### Sampling time",
+        "",
+        (f"ComfyUI SD1.5 UNet + CLIP-L, {args.size} layout, random weights, float32, CPU. KSampler euler/normal, "
+         f"{args.steps} steps, cfg {args.cfg:g} with a negative prompt (cond and uncond batched: batch 2 per UNet "
+         f"call), latent {args.latent}x{args.latent} ({args.latent * 8} px), seed {args.seed}, prompt "
+         f"\"{PROMPT}\". {args.repeats} interleaved rounds after one warm-up round, each round rotating which "
+         f"configuration goes first. The model is made current before the timer starts. \"paired\" = median and "
+         f"quartiles of the per-round ratios (each run against the plain run of the same round). CPU = this "
+         f"process's CPU time, which other processes on the machine disturb far less than wall time."),
+        "",
+        *sampling_table(args, configs),
+        "",
+        (f"Making a configuration current (unpatch the previous clone, patch this one): median "
+         f"{median(switches) * 1e3:.1f} ms, max {max(switches) * 1e3:.1f} ms."),
+        "",
+        "### Where the time goes",
+        "",
+        (f"Each hooked to_k/to_v timed against its own base forward on the sampler's context (cond + uncond, "
+         f"batch 2, 77 tokens), summed over the hooked projections, best of {args.hook_loops} passes; "
+         f"\"step state\" is the APPLY_MODEL wrapper's per-call work. One plain UNet call here takes "
+         f"{median(plain.times) / unet_calls:.2f} s wall, {median(plain.cpu_times) / unet_calls:.2f} s CPU."),
+        "",
+        *hook_table(configs, hooks, unet_calls),
+        "",
+        "### Applying and loading",
+        "",
+        "| operation | median ms (min..max) | runs |",
+        "|---|---|---|",
+        *[f"| {name} | {spread(times, 1e3)} | {len(times)} |" for name, times in ops.items()],
+        "",
+        (f"One-off setup in this run: model build {setup['build']:.1f} s; four word-edit concepts "
+         f"{setup['concepts']:.1f} s (includes text-encoder statistics over {args.statistics_captions} captions, "
+         f"computed once per CLIP and cached)."),
+        "",
+        "### Concept file sizes",
+        "",
+        "Full layouts; \"trained\" = with the trigger embedding(s), one timestep set unless stated.",
+        "",
+        "| concept | layers | stored floats | fp16 file | fp32 file |",
+        "|---|---|---|---|---|",
+        *[f"| {r['label']} | {r['layers']} | {r['floats']:,} | {r['float16'] / 1024:.1f} KiB | "
+          f"{r['float32'] / 1024:.1f} KiB |" for r in files],
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_doc(section: str, path: Path = DOC) -> None:
+    """Replace the generated section of ``path`` (append one, or create the file, if missing)."""
+    block = f"{BEGIN}\n{section}{END}\n"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("# Benchmarks\n\n## Inference overhead (bench/bench_overhead.py)\n\n" + block)
+        return
+    text = path.read_text()
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        path.write_text(head + block + rest.split(END, 1)[1].lstrip("\n"))
+    else:
+        path.write_text(text.rstrip("\n") + "\n\n" + block)
+
+
+# ----------------------------------------------------------------------------- main
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", choices=("full", "tiny"), default="full", help="SD1.5 layout (default full)")
+    p.add_argument("--steps", type=int, default=2, help="sampling steps (default 2)")
+    p.add_argument("--repeats", type=int, default=10, help="timed interleaved rounds (default 10)")
+    p.add_argument("--latent", type=int, default=16, help="latent side, pixels / 8 (default 16 = 128 px)")
+    p.add_argument("--cfg", type=float, default=5.0, help="CFG scale (default 5, with a negative prompt)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
+    p.add_argument("--statistics-captions", type=int, default=200,
+                   help="captions for the word edits' text statistics (timings do not depend on it; default 200)")
+    p.add_argument("--hook-loops", type=int, default=20, help="passes over the hooks (best one counts)")
+    p.add_argument("--op-repeats", type=int, default=50, help="runs of apply and of load (default 50)")
+    p.add_argument("--profile", action="store_true", help="also print a torch.profiler table of the hooks")
+    p.add_argument("--write-doc", dest="write_doc", action="store_true", default=None,
+                   help="replace the generated section of docs/benchmarks.md (default for --size full)")
+    p.add_argument("--no-write-doc", dest="write_doc", action="store_false")
+    args = p.parse_args(argv)
+    if args.write_doc is None:
+        args.write_doc = args.size == "full"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = " ".join([".venv/bin/python", "bench/bench_overhead.py", *(sys.argv[1:] if argv is None else argv)])
+    torch.set_num_threads(args.threads)
+    import_host()
+    import folder_paths
+
+    from tools import random_models
+
+    pack = import_pack()
+    quiet_host()
+    load_start = os.getloadavg()[0]
+    # inference_mode as ComfyUI's executor runs nodes; models/perfusion in a throw-away folder
+    with tempfile.TemporaryDirectory() as folder, torch.inference_mode():
+        folder_paths.folder_names_and_paths["perfusion"] = ([folder], {".safetensors"})
+        build, (model, clip) = timed(lambda: random_models.build_pipeline("sd1", args.size, seed=0))
+        print(f"built SD1.5 {args.size} in {build:.1f} s", flush=True)
+        concept_time, concepts = timed(lambda: build_concepts(pack, model, clip, args.statistics_captions))
+        print(f"built {len(concepts)} word-edit concepts in {concept_time:.1f} s", flush=True)
+        configs = [Config("plain", model, clip), Config("1 concept", *apply_all(pack, model, clip, concepts[:1])),
+                   Config(f"{len(concepts)} concepts", *apply_all(pack, model, clip, concepts))]
+        run_sampling(configs, args)
+        if torch.equal(configs[0].output, configs[1].output) or torch.equal(configs[1].output, configs[2].output):
+            raise RuntimeError("a concept did not change the sample: the edit is not active, timings are void")
+        hooks = {cfg.name: hook_costs(pack, cfg, args.hook_loops) for cfg in configs[1:]}
+        if args.profile:
+            print(profile_hooks(pack, configs[2]))
+        files = concept_files(pack, folder, concepts[0], args.size)
+        ops = {**apply_times(pack, model, clip, concepts, args.op_repeats),
+               **load_times(pack, files, args.op_repeats)}
+    section = report(args, command, machine_facts(args.threads), configs, hooks, ops, files,
+                     {"build": build, "concepts": concept_time}, (load_start, os.getloadavg()[0]))
+    print("\n" + section)
+    if args.write_doc:
+        write_doc(section)
+        print(f"wrote {DOC.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

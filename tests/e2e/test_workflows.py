@@ -1,0 +1,297 @@
+"""Every shipped workflow, run in a real ComfyUI server on the tiny demo model.
+
+One server for the module: the tiny random-weight SD1.5 checkpoint, a random
+LoRA and a random ControlNet are installed under the names the workflows
+reference, the demo concepts are made once with ``make_demo_concepts``, and
+then each file in ``workflows/`` is converted from UI to API format and run.
+The list of workflows is read from the directory, and a file without checks
+here fails, so a new workflow cannot ship untested.
+
+The images come from random weights, so the checks are structural (count,
+size, not constant, not black) and causal (turning a part of the graph off
+changes the image). ``tools/demo.py`` is run last as a subprocess.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from perfusion_core.concept_file import load_concept
+from tools import make_workflows as wf
+from tools.comfy_server import ComfyServer
+from tools.demo import install_file
+from tools.random_models import cached_checkpoint, write_controlnet, write_lora
+
+REPO = Path(__file__).resolve().parents[2]
+# The shipped workflow estimates the text-encoder statistics from 500 captions
+# (minutes on 2 CPU cores); the tests use fewer. Same node, same code path.
+TEST_CAPTIONS = 48
+TIMEOUT = 600.0
+HOOK_LINE = re.compile(r"Perfusion: (\d+) concept\(s\) \[([^\]]*)\] on (\d+) cross-attention layers "
+                       r"\((\d+) K/V projections hooked\)")
+TINY_SD1_LAYERS = 7
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ComfyServer]:
+    with ComfyServer() as srv:
+        assert srv.pack_loaded(), srv.pack_error()
+        models = srv.models_dir
+        install_file(cached_checkpoint("sd1", "tiny", seed=0), models / "checkpoints" / wf.CHECKPOINT)
+        write_lora(models / "loras" / wf.LORA, "sd1", seed=1, size="tiny")
+        write_controlnet(models / "controlnet" / wf.CONTROLNET, seed=2, family="sd1", size="tiny")
+        print(f"\nserver start {srv.start_seconds:.1f} s")
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def object_info(server: ComfyServer) -> dict[str, Any]:
+    return server.object_info()
+
+
+class Run:
+    """One finished prompt: its history entry, images and the server log it produced."""
+
+    def __init__(self, server: ComfyServer, prompt: dict[str, Any], fresh: bool = True) -> None:
+        if fresh:
+            # Start from empty node caches: otherwise nodes identical to ones of the previous
+            # prompt are not executed again and their log lines are missing. The worker handles
+            # the free flags after its current item, so once a trivial prompt queued after them
+            # has finished, the next prompt runs on fresh caches (the checkpoint is read again).
+            server.free(unload_models=False, free_memory=True)
+            server.run({"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1,
+                                                                     "color": 0}},
+                        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}, timeout=60)
+        start = len(server.log_text())
+        t0 = time.perf_counter()
+        self.history = server.run(prompt, timeout=TIMEOUT)
+        self.seconds = time.perf_counter() - t0
+        self.log = server.log_text()[start:]
+        self.images = server.images(self.history)
+
+    def hooks(self) -> list[tuple[int, list[str], int, int]]:
+        """(concepts, triggers, layers, hooked projections) of every ApplyKeyLockedEdit that ran."""
+        return [(int(m[1]), [t.strip() for t in m[2].split(",")], int(m[3]), int(m[4]))
+                for m in HOOK_LINE.finditer(self.log)]
+
+
+def pixels(img: Image.Image) -> np.ndarray:
+    return np.asarray(img.convert("RGB"), dtype=np.float64)
+
+
+def assert_real_image(img: Image.Image, size: tuple[int, int]) -> None:
+    """Right size, and not a failed render: NaN latents decode to black (SaveImage casts them to 0),
+    a dead model to one flat colour."""
+    assert img.size == size
+    a = pixels(img)
+    assert np.isfinite(a).all()
+    assert a.std() > 2.0, f"image is (nearly) constant, std {a.std():.2f}"
+    black = (a.max(axis=2) == 0).mean()
+    assert black < 0.5, f"{black:.0%} of the pixels are black"
+
+
+def mean_abs_diff(a: Image.Image, b: Image.Image) -> float:
+    return float(np.abs(pixels(a) - pixels(b)).mean())
+
+
+def nodes_of(prompt: dict[str, Any], class_type: str) -> list[dict[str, Any]]:
+    found = [e for e in prompt.values() if e["class_type"] == class_type]
+    assert found, f"no {class_type} in the workflow"
+    return found
+
+
+def workflow(name: str, object_info: dict[str, Any]) -> dict[str, Any]:
+    return wf.load_api(wf.workflow_path(name), object_info)
+
+
+@pytest.fixture(scope="module")
+def concepts(server: ComfyServer, object_info: dict[str, Any]) -> dict[str, Any]:
+    """Run make_demo_concepts once (fresh models folder: SavePerfusionConcept never overwrites)."""
+    prompt = workflow("make_demo_concepts", object_info)
+    for edit in nodes_of(prompt, "PerfusionWordEdit"):
+        assert edit["inputs"]["statistics_captions"] == wf.STATISTICS_CAPTIONS
+        edit["inputs"]["statistics_captions"] = TEST_CAPTIONS
+    run = Run(server, prompt)
+    print(f"\nmake_demo_concepts: {run.seconds:.1f} s")
+    return {"run": run, "dir": server.models_dir / "perfusion"}
+
+
+# ---------------------------------------------------------------------------- per-workflow checks
+SIZE = (wf.SIZE, wf.SIZE)
+
+
+def check_make_demo_concepts(server: ComfyServer, object_info: dict[str, Any], concepts: dict[str, Any]) -> None:
+    run: Run = concepts["run"]
+    reported = sorted(name for out in run.history["outputs"].values() for name in out.get("text", []))
+    expected = sorted(f"{stem}.safetensors" for stem, _, _ in wf.DEMO_CONCEPTS)
+    assert reported == expected
+    for stem, trigger, target in wf.DEMO_CONCEPTS:
+        concept = load_concept(concepts["dir"] / f"{stem}.safetensors")
+        assert (concept.trigger, concept.superclass, concept.family) == (trigger, target, "sd1")
+        assert len(concept.v_targets) == TINY_SD1_LAYERS
+        assert concept.statistics != "identity"  # C was estimated, not skipped
+    stats = list((concepts["dir"] / "statistics").glob("*.safetensors"))
+    assert len(stats) == 1, "both word edits must share one cached estimate of C"
+    # The new files are listed for LoadPerfusionConcept without a restart.
+    listed = server.object_info("LoadPerfusionConcept")["LoadPerfusionConcept"]["input"]["required"]["concept_name"][0]
+    assert set(expected) <= set(listed)
+
+
+def check_concept_txt2img(server: ComfyServer, object_info: dict[str, Any], concepts: dict[str, Any]) -> None:
+    prompt = workflow("concept_txt2img", object_info)
+    run = Run(server, prompt)
+    assert len(run.images) == 1
+    assert_real_image(run.images[0], SIZE)
+    assert run.hooks() == [(1, ["cat"], TINY_SD1_LAYERS, 2 * TINY_SD1_LAYERS)]
+    # The same graph with the concept's strength at 0: the edit is what changed the image.
+    nodes_of(prompt, "ConceptGate")[0]["inputs"]["strength"] = 0.0
+    off = Run(server, prompt, fresh=False)
+    diff = mean_abs_diff(run.images[0], off.images[0])
+    print(f"\nconcept_txt2img: {run.seconds:.1f} s; mean |concept - strength 0| = {diff:.2f} / 255")
+    assert diff > 1.0
+
+
+def check_two_concepts(server: ComfyServer, object_info: dict[str, Any], concepts: dict[str, Any]) -> None:
+    prompt = workflow("two_concepts", object_info)
+    assert "cat" in prompt_text(prompt) and "chair" in prompt_text(prompt)
+    run = Run(server, prompt)
+    assert len(run.images) == 1
+    assert_real_image(run.images[0], SIZE)
+    # The second apply extends the first one's edit: one joint edit over both concepts.
+    assert run.hooks() == [(1, ["cat"], TINY_SD1_LAYERS, 14), (2, ["cat", "chair"], TINY_SD1_LAYERS, 14)]
+    gates = nodes_of(prompt, "ConceptGate")
+    gates[1]["inputs"]["strength"] = 0.0
+    only_cat = Run(server, prompt, fresh=False)
+    print(f"\ntwo_concepts: {run.seconds:.1f} s")
+    assert mean_abs_diff(run.images[0], only_cat.images[0]) > 1.0, "the second concept has no effect"
+
+
+def prompt_text(prompt: dict[str, Any]) -> str:
+    return " | ".join(e["inputs"]["text"] for e in prompt.values() if e["class_type"] == "CLIPTextEncode")
+
+
+def check_concept_lora_controlnet(server: ComfyServer, object_info: dict[str, Any], concepts: dict[str, Any]) -> None:
+    prompt = workflow("concept_lora_controlnet", object_info)
+    run = Run(server, prompt)
+    assert len(run.images) == 1
+    assert_real_image(run.images[0], SIZE)
+    assert run.hooks() == [(1, ["cat"], TINY_SD1_LAYERS, 14)]
+    assert "lora key not loaded" not in run.log  # every LoRA key matched a weight: the LoRA really applies
+    # Each of the three parts acts on the image.
+    variants = {
+        "LoraLoader": {"strength_model": 0.0, "strength_clip": 0.0},
+        "ControlNetApplyAdvanced": {"strength": 0.0},
+        "ConceptGate": {"strength": 0.0},
+    }
+    for class_type, change in variants.items():
+        varied = {k: {**v, "inputs": dict(v["inputs"])} for k, v in prompt.items()}
+        nodes_of(varied, class_type)[0]["inputs"].update(change)
+        diff = mean_abs_diff(run.images[0], Run(server, varied, fresh=False).images[0])
+        print(f"\nconcept_lora_controlnet: {class_type} off changes the image by {diff:.2f} / 255")
+        assert diff > 1.0, f"{class_type} has no visible effect"
+
+
+def check_beta_sweep(server: ComfyServer, object_info: dict[str, Any], concepts: dict[str, Any]) -> None:
+    prompt = workflow("beta_sweep", object_info)
+    betas = sorted(g["inputs"]["beta"] for g in nodes_of(prompt, "ConceptGate"))
+    assert betas == list(wf.BETAS)
+    assert len({s["inputs"]["seed"] for s in nodes_of(prompt, "KSampler")}) == 1
+    run = Run(server, prompt)
+    print(f"\nbeta_sweep: {run.seconds:.1f} s")
+    assert len(run.images) == 1
+    grid = run.images[0]
+    n, (w, h) = len(wf.BETAS), SIZE
+    assert grid.size[0] == n * w
+    strip = grid.size[1] - h
+    assert 8 <= strip <= 32, f"label strip of {strip} px"
+    a = pixels(grid)
+    cells = [grid.crop((i * w, 0, (i + 1) * w, h)) for i in range(n)]
+    for cell in cells:
+        assert_real_image(cell, SIZE)
+    labels = a[h:]
+    assert (labels.min(axis=2) > 250).mean() > 0.7, "label strip is not mostly white"
+    for i in range(n):  # some dark text under every cell
+        assert (labels[:, i * w:(i + 1) * w].max(axis=2) < 100).sum() > 5, f"no label under cell {i}"
+    assert mean_abs_diff(cells[0], cells[-1]) > 1.0, "beta 0.4 and 0.8 render the same"
+    assert len(run.hooks()) == n and all(hook[1] == ["cat"] for hook in run.hooks())
+
+
+CHECKS: dict[str, Callable[[ComfyServer, dict[str, Any], dict[str, Any]], None]] = {
+    "make_demo_concepts": check_make_demo_concepts,
+    "concept_txt2img": check_concept_txt2img,
+    "two_concepts": check_two_concepts,
+    "concept_lora_controlnet": check_concept_lora_controlnet,
+    "beta_sweep": check_beta_sweep,
+}
+SHIPPED = sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
+
+
+# ---------------------------------------------------------------------------- tests
+def test_shipped_workflows_are_the_generated_ones(object_info: dict[str, Any]) -> None:
+    """workflows/ holds exactly what tools/make_workflows.py writes (re-run it after changing a node)."""
+    assert SHIPPED == sorted(wf.WORKFLOWS)
+    stale = [name for name in wf.WORKFLOWS if wf.workflow_path(name).read_text(encoding="utf-8")
+             != wf.render(name, object_info)]
+    assert not stale, f"stale workflow files (run tools/make_workflows.py): {stale}"
+
+
+def test_workflow_files_reference_the_documented_models(object_info: dict[str, Any]) -> None:
+    names = {"ckpt_name": {wf.CHECKPOINT}, "lora_name": {wf.LORA}, "control_net_name": {wf.CONTROLNET},
+             "concept_name": {wf.CAT_CONCEPT, wf.CHAIR_CONCEPT}}
+    for name in SHIPPED:
+        for entry in workflow(name, object_info).values():
+            for key, allowed in names.items():
+                if key in entry["inputs"]:
+                    assert entry["inputs"][key] in allowed, (name, key, entry["inputs"][key])
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_workflow_runs(name: str, server: ComfyServer, object_info: dict[str, Any], concepts: dict[str, Any]) -> None:
+    check = CHECKS.get(name)
+    if check is None:
+        pytest.fail(f"workflows/{name}.json has no checks in {Path(__file__).name}")
+    check(server, object_info, concepts)
+
+
+def test_demo_script(server: ComfyServer, concepts: dict[str, Any], tmp_path: Path) -> None:
+    """tools/demo.py end to end, as the README runs it (statistics reused from this module's server)."""
+    cache = tmp_path / "statistics"
+    shutil.copytree(concepts["dir"] / "statistics", cache)
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO / "tools" / "demo.py"), "--out", str(out),
+           "--statistics-captions", str(TEST_CAPTIONS), "--statistics-cache", str(cache)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    print(f"\ndemo: {time.perf_counter() - t0:.1f} s")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "statistics: reused from the cache" in proc.stdout
+    assert re.search(r"Perfusion: 1 concept\(s\) \[cat\]", proc.stdout)
+    single = Image.open(out / "concept_txt2img_00001_.png")
+    assert_real_image(single, SIZE)
+    grid = Image.open(out / "beta_sweep_00001_.png")
+    assert grid.size[0] == len(wf.BETAS) * wf.SIZE and grid.size[1] > wf.SIZE
+    for stem, trigger, _ in wf.DEMO_CONCEPTS:
+        assert load_concept(out / "concepts" / f"{stem}.safetensors").trigger == trigger
+    assert str(out / "beta_sweep_00001_.png") in proc.stdout  # it says where the images are
+    # The same images as this module's server made from the same workflow and model.
+    txt2img = Run(server, workflow("concept_txt2img", server.object_info()), fresh=False).images[0]
+    assert mean_abs_diff(single, txt2img) == 0.0
+
+
+def test_demo_script_fails_clearly(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "demo.py"), "--checkpoint",
+                           str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "out")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "demo failed: checkpoint not found" in proc.stderr and "missing.safetensors" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,183 @@
+"""Timestep-aware concepts in the real host (method notes §8).
+
+S1: a concept acts only inside its [start_percent, end_percent] window of
+denoising; ComfyUI's own percent_to_sigma gives the window's sigmas
+(percent 0 -> no upper limit, 1 -> sigma 0), as for ControlNet's window.
+S2: a concept with S value-target sets uses set floor(t * S / 1000) for model
+timestep t, chosen per sample from that sample's sigma.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import comfy.sample
+import comfy.samplers
+import pytest
+import torch
+
+import nodes as comfy_nodes
+
+STATS_CAPTIONS = 300  # same corpus size as test_apply_edit.py: the cached C is shared
+PROMPT = "a photo of a cat"
+TRIGGER_POSITION = 5  # "cat" in PROMPT, BOS counted
+STEPS = 4
+# ComfyUI's "normal" schedule for SD1 at 4 steps, and percent_to_sigma(0.5) between its 2nd and 3rd sigma.
+SIGMAS_4 = (14.6146, 2.9183, 0.9324, 0.0292)
+HALFWAY_SIGMA = 1.6156
+
+
+def word_edit_of(pack: Any, model: Any, clip: Any, trigger: str = "cat", target: str = "dog") -> Any:
+    return pack.nodes.nodes_word_edit.PerfusionWordEdit().build(model, clip, trigger, target, "a photo of a {}",
+                                                                STATS_CAPTIONS)[0]
+
+
+def apply(pack: Any, model: Any, clip: Any, concept: Any) -> tuple[Any, Any]:
+    return pack.nodes.nodes_apply.ApplyKeyLockedEdit().apply(model, clip, concept)
+
+
+def encode(clip: Any, text: str) -> list:
+    return comfy_nodes.CLIPTextEncode().encode(clip, text)[0]
+
+
+def run(model: Any, clip: Any, steps: int = STEPS) -> torch.Tensor:
+    """KSampler (euler, normal, cfg 1) on PROMPT, 8x8 latent, seed 0."""
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    out = comfy_nodes.common_ksampler(model, 0, steps, 1.0, "euler", "normal", encode(clip, PROMPT),
+                                      encode(clip, ""), latent, denoise=1.0)
+    return out[0]["samples"].clone()
+
+
+def runtime_of(pack: Any, patched: Any) -> Any:
+    hooks = [v for v in patched.object_patches.values() if isinstance(v, pack.nodes.model_patch.ProjectionHook)]
+    return hooks[0].runtime
+
+
+class OutputSpy:
+    """Object patch around a ProjectionHook: records the step state it saw, its output and the unedited output."""
+
+    def __init__(self, hook: Any, log: list) -> None:
+        self.hook, self.log = hook, log
+
+    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = self.hook(x, *args, **kwargs)
+        step = self.hook.runtime.step
+        self.log.append({"layer": self.hook.layer, "kind": self.hook.kind, "out": out.detach().clone(),
+                         "plain": self.hook.base_forward(x, *args, **kwargs).detach().clone(),
+                         "scale": None if step is None else step.scale.clone(),
+                         "set": None if step is None else step.set_index.clone()})
+        return out
+
+
+def spied(pack: Any, patched: Any, log: list) -> Any:
+    spy = patched.clone()
+    for name, obj in patched.object_patches.items():
+        if isinstance(obj, pack.nodes.model_patch.ProjectionHook):
+            spy.add_object_patch(name, OutputSpy(obj, log))
+    return spy
+
+
+@pytest.fixture(scope="module")
+def word_edit(pack, tiny_sd1):
+    return word_edit_of(pack, *tiny_sd1)
+
+
+@pytest.fixture(scope="module")
+def unpatched_4(tiny_sd1) -> torch.Tensor:
+    return run(*tiny_sd1)
+
+
+def test_schedule_facts(tiny_sd1):
+    """The numbers the window tests rely on, read from ComfyUI itself."""
+    sampling = tiny_sd1[0].model.model_sampling
+    sigmas = comfy.samplers.calculate_sigmas(sampling, "normal", STEPS)
+    torch.testing.assert_close(sigmas[:-1], torch.tensor(SIGMAS_4), rtol=1e-4, atol=1e-4)
+    assert sampling.percent_to_sigma(0.5) == pytest.approx(HALFWAY_SIGMA, rel=1e-4)
+    assert sampling.percent_to_sigma(0.0) > SIGMAS_4[0] and sampling.percent_to_sigma(1.0) == 0.0
+
+
+def test_window_second_half(pack, tiny_sd1, word_edit, unpatched_4):
+    """Window (0.5, 1.0): scale 0 on the two early steps, the strength on the two late ones, per sample."""
+    model, clip = tiny_sd1
+    strength = 0.75  # exact in float32
+    concept = word_edit.with_gate(start_percent=0.5, end_percent=1.0, strength=strength)
+    patched, pclip = apply(pack, model, clip, concept)
+    runtime = runtime_of(pack, patched)
+    steps: list = []
+    original = runtime.step_state
+
+    def recording_step_state(sigmas, model_sampling):
+        state = original(sigmas, model_sampling)
+        steps.append((sigmas.detach().float().cpu().clone(), state.scale.clone()))
+        return state
+
+    runtime.step_state = recording_step_state  # this runtime belongs to this test's patched model only
+    log: list = []
+    out = run(spied(pack, patched, log), pclip)
+    assert torch.isfinite(out).all()
+    assert len(steps) == STEPS
+    for (sigma, scale), expected_sigma, active in zip(steps, SIGMAS_4, (False, False, True, True)):
+        assert sigma.tolist() == pytest.approx([expected_sigma], abs=1e-4)
+        assert scale.tolist() == [[strength if active else 0.0]]
+    # The hooks honour it: no change at all on early steps, an edit on late ones.
+    layers = len(pack.nodes.host_model.cross_attention_layers(model))
+    assert len(log) == STEPS * layers * 2
+    for i, entry in enumerate(log):
+        active = i // (layers * 2) >= 2
+        assert entry["scale"].tolist() == [[strength if active else 0.0]]
+        changed = (entry["out"] - entry["plain"]).abs().max().item()
+        assert (changed > 1e-3) if active else (changed == 0.0), (i, changed)
+    assert not torch.allclose(out, unpatched_4)
+
+
+@pytest.mark.parametrize("window", [(0.0, 0.0), (1.0, 1.0)], ids=["at_start_only", "at_end_only"])
+def test_closed_window_is_bit_identical(pack, tiny_sd1, word_edit, unpatched_4, window):
+    """A window that contains no sampled sigma (the model is never called at sigma > 1e9 or at sigma 0)
+    leaves the output bit-identical to the unpatched model."""
+    model, clip = tiny_sd1
+    patched, pclip = apply(pack, model, clip, word_edit.with_gate(start_percent=window[0], end_percent=window[1]))
+    assert torch.equal(run(patched, pclip), unpatched_4)
+
+
+def two_set_concept(concept: Any, other: Any) -> Any:
+    """``concept`` with S = 2 value-target sets: set 0 its own targets, set 1 those of ``other``."""
+    v_targets = {layer: torch.cat([t[:1], other.v_targets[layer][:1]]) for layer, t in concept.v_targets.items()}
+    return dataclasses.replace(concept, v_targets=v_targets)
+
+
+def test_value_set_chosen_per_sample_from_sigma(pack, tiny_sd1, word_edit):
+    """One model call on a batch of 4 latents with 4 different sigmas: each sample uses the value-target
+    set of its own timestep (t = 900, 100, 500, 499 -> sets 1, 0, 1, 0)."""
+    model, clip = tiny_sd1
+    other = word_edit_of(pack, model, clip, "cat", "car")
+    concept = two_set_concept(word_edit, other).with_gate(tau=1e-4, beta=0.5)  # sharp: trigger value = target
+    assert concept.timestep_sets == 2
+    patched, pclip = apply(pack, model, clip, concept)
+    sampling = model.model.model_sampling
+    timesteps = torch.tensor([900.0, 100.0, 500.0, 499.0])
+    sigmas = sampling.sigma(timesteps)
+    assert sampling.timestep(sigmas).tolist() == timesteps.tolist()
+    expected_sets = [1, 0, 1, 0]
+
+    # A custom sampler function making a single model call with a different sigma per sample (the
+    # stock samplers share one sigma across the batch); ComfyUI passes per-sample sigmas through.
+    def one_call(model_k, x, sigma_schedule, extra_args=None, callback=None, disable=None):
+        return model_k(x, sigmas, **(extra_args or {}))
+
+    log: list = []
+    latent = torch.zeros(4, 4, 8, 8)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
+    sampler = comfy.samplers.KSAMPLER(one_call)
+    schedule = torch.tensor([float(sigmas[0]), 0.0])  # only used for the initial noise scaling
+    out = comfy.sample.sample_custom(spied(pack, patched, log), noise, 1.0, sampler, schedule,
+                                     encode(pclip, PROMPT), encode(pclip, ""), latent)
+    assert torch.isfinite(out).all()
+    values = [e for e in log if e["kind"] == "v"]
+    assert len(values) == len(concept.v_targets)
+    for entry in values:
+        assert entry["set"].flatten().tolist() == expected_sets
+        targets = concept.v_targets[entry["layer"]]
+        assert (targets[0] - targets[1]).abs().max().item() > 1e-2  # the two sets are distinguishable
+        for b, s in enumerate(expected_sets):
+            torch.testing.assert_close(entry["out"][b, TRIGGER_POSITION], targets[s], rtol=1e-4, atol=1e-4)
