@@ -140,10 +140,10 @@ class ProjectionHook:
         rt = self.runtime
         if rt.n == 0 or x.ndim != 3:
             return self.base_forward(x, *args, **kwargs)
+        if rt.step is not None and not bool(rt.step.scale.any()):  # (CPU tensor: no device sync)
+            return self.base_forward(x, *args, **kwargs)  # every concept outside its window: exactly the base
         batch, tokens, _ = x.shape
         scale, index = rt.scale_for(batch, x.device)
-        if not bool(scale.any()):  # every concept outside its window (or at strength 0): exactly the base layer
-            return self.base_forward(x, *args, **kwargs)
         consts = rt.on(x.device)
         anchors = consts["i_star"] if self.kind == "v" else torch.cat([consts["i_star"], consts["i_super"]])
         # One call of the layer's own forward for tokens and anchors: weights are cast once.
