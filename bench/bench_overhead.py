@@ -11,7 +11,7 @@ weights (full layout by default):
    runs are interleaved round by round (rotating which goes first) so drift in
    machine load hits all three alike. The first round is a discarded warm-up.
    Wall time and this process's CPU time are both recorded: on a shared
-   machine CPU time is far less disturbed by other processes.
+   machine CPU time is less disturbed by other processes.
 2. Where the time goes: every hooked to_k/to_v projection timed against its
    own base forward on the same context and summed over the layers, which is
    the low-noise estimate of the extra cost per UNet call.
@@ -47,6 +47,7 @@ from types import ModuleType
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -193,6 +194,42 @@ def run_sampling(configs: list[Config], args: argparse.Namespace) -> None:
             cfg.switch_times.append(switch)
             print(f"  round {rnd:2d} {cfg.name:>10}: {seconds:6.2f} s wall, {cpu:6.2f} s CPU "
                   f"(switch {switch * 1e3:5.1f} ms, load avg {os.getloadavg()[0]:.2f})", flush=True)
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts ATen ops as they are dispatched: compute ops (each one a kernel) and views."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+        self.views = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.is_view:
+            self.views += 1
+        else:
+            self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_unet_call(cfg: Config, args: argparse.Namespace) -> tuple[int, int]:
+    """(compute ops, view ops) of one UNet call including the wrapper: a 2-step minus a 1-step sample.
+
+    Op counts do not depend on the machine's load; they are what a per-op fixed cost
+    (a GPU kernel launch, a thread-pool hand-off on an oversubscribed CPU) multiplies.
+    """
+    import comfy.model_management as mm
+    import nodes as comfy_nodes
+
+    mm.load_models_gpu([cfg.model])
+    counts = []
+    for steps in (1, 2):
+        counter = OpCounter()
+        with counter:
+            comfy_nodes.common_ksampler(cfg.model, args.seed, steps, args.cfg, "euler", "normal", cfg.positive,
+                                        cfg.negative, {"samples": torch.zeros(1, 4, args.latent, args.latent)})
+        counts.append((counter.ops, counter.views))
+    return counts[1][0] - counts[0][0], counts[1][1] - counts[0][1]
 
 
 def hook_costs(pack: ModuleType, cfg: Config, loops: int) -> dict[str, float]:
@@ -354,7 +391,8 @@ def hook_table(configs: list[Config], hooks: dict[str, dict[str, float]], unet_c
 
 
 def report(args: argparse.Namespace, command: str, facts: dict[str, str], configs: list[Config],
-           hooks: dict[str, dict[str, float]], ops: dict[str, list[float]], files: list[dict[str, Any]],
+           hooks: dict[str, dict[str, float]], op_counts: dict[str, tuple[int, int]],
+           ops: dict[str, list[float]], files: list[dict[str, Any]],
            setup: dict[str, float], load_avg: tuple[float, float]) -> str:
     plain = configs[0]
     unet_calls = args.steps  # euler: one UNet call (cond + uncond batched) per step
@@ -374,7 +412,7 @@ def report(args: argparse.Namespace, command: str, facts: dict[str, str], config
          f"\"{PROMPT}\". {args.repeats} interleaved rounds after one warm-up round, each round rotating which "
          f"configuration goes first. The model is made current before the timer starts. \"paired\" = median and "
          f"quartiles of the per-round ratios (each run against the plain run of the same round). CPU = this "
-         f"process's CPU time, which other processes on the machine disturb far less than wall time."),
+         f"process's CPU time (all threads), less disturbed than wall time by other processes on the machine."),
         "",
         *sampling_table(args, configs),
         "",
@@ -389,6 +427,14 @@ def report(args: argparse.Namespace, command: str, facts: dict[str, str], config
          f"{median(plain.times) / unet_calls:.2f} s wall, {median(plain.cpu_times) / unet_calls:.2f} s CPU."),
         "",
         *hook_table(configs, hooks, unet_calls),
+        "",
+        ("ATen ops dispatched per UNet call (wrapper included; counted, so independent of machine load). "
+         "Compute ops are kernels; views only change tensor metadata. Time that is a fixed cost per op (a GPU "
+         "kernel launch, a hand-off to busy threads) grows with these counts, not with the FLOPs above."),
+        "",
+        "| configuration | compute ops | view ops | compute ops / plain |",
+        "|---|---|---|---|",
+        *[f"| {name} | {c} | {v} | {c / op_counts[configs[0].name][0]:.2f} |" for name, (c, v) in op_counts.items()],
         "",
         "### Applying and loading",
         "",
@@ -477,12 +523,13 @@ def main(argv: list[str] | None = None) -> int:
         if torch.equal(configs[0].output, configs[1].output) or torch.equal(configs[1].output, configs[2].output):
             raise RuntimeError("a concept did not change the sample: the edit is not active, timings are void")
         hooks = {cfg.name: hook_costs(pack, cfg, args.hook_loops) for cfg in configs[1:]}
+        op_counts = {cfg.name: ops_per_unet_call(cfg, args) for cfg in configs}
         if args.profile:
             print(profile_hooks(pack, configs[2]))
         files = concept_files(pack, folder, concepts[0], args.size)
         ops = {**apply_times(pack, model, clip, concepts, args.op_repeats),
                **load_times(pack, files, args.op_repeats)}
-    section = report(args, command, machine_facts(args.threads), configs, hooks, ops, files,
+    section = report(args, command, machine_facts(args.threads), configs, hooks, op_counts, ops, files,
                      {"build": build, "concepts": concept_time}, (load_start, os.getloadavg()[0]))
     print("\n" + section)
     if args.write_doc:

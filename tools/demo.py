@@ -39,6 +39,7 @@ if __package__ in (None, ""):  # run as a script: make `tools.*` importable
 
 from tools import make_workflows as wf  # noqa: E402
 from tools.comfy_server import ComfyServer, ServerError  # noqa: E402
+from tools.workflow_format import WorkflowFormatError  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "out"
@@ -221,6 +222,8 @@ def run_demo(checkpoint: Path | None, out_dir: Path, *, size: int | None = None,
                 break
     except ServerError as e:  # validation, execution and start-up failures carry the server's own message
         raise DemoError(str(e)) from e
+    except WorkflowFormatError as e:  # a shipped workflow no longer matches the node definitions
+        raise DemoError(f"{e} (regenerate the workflows with tools/make_workflows.py)") from e
     finally:
         server.stop()
         if keep_server_dir:

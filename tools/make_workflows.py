@@ -89,7 +89,7 @@ class Graph:
 # ----------------------------------------------------------------------------- building blocks
 def _checkpoint(g: Graph) -> tuple[Link, Link, Link]:
     """CheckpointLoaderSimple; returns (model, clip, vae) links."""
-    g.add("ckpt", "CheckpointLoaderSimple", "Checkpoint (SD1.5 or SDXL)", ckpt_name=CHECKPOINT)
+    g.add("ckpt", "CheckpointLoaderSimple", "Checkpoint (SD1.x, SD2.x or SDXL)", ckpt_name=CHECKPOINT)
     return g.out("ckpt", 0), g.out("ckpt", 1), g.out("ckpt", 2)
 
 
@@ -119,7 +119,8 @@ def _sample_and_decode(g: Graph, suffix: str, model: Link, clip: Link, vae: Link
 
 
 def _latent(g: Graph) -> Link:
-    g.add("latent", "EmptyLatentImage", "Empty latent", width=SIZE, height=SIZE, batch_size=1)
+    g.add("latent", "EmptyLatentImage", f"Empty latent ({SIZE} px for the demo model; 512+ for real ones)",
+          width=SIZE, height=SIZE, batch_size=1)
     return g.out("latent")
 
 

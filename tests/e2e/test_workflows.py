@@ -271,7 +271,7 @@ def test_demo_script(server: ComfyServer, concepts: dict[str, Any], tmp_path: Pa
     cmd = [sys.executable, str(REPO / "tools" / "demo.py"), "--out", str(out),
            "--statistics-captions", str(TEST_CAPTIONS), "--statistics-cache", str(cache)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=900)
     print(f"\ndemo: {time.perf_counter() - t0:.1f} s")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "statistics: reused from the cache" in proc.stdout
@@ -291,7 +291,7 @@ def test_demo_script(server: ComfyServer, concepts: dict[str, Any], tmp_path: Pa
 def test_demo_script_fails_clearly(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "demo.py"), "--checkpoint",
                            str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "out")],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+                          check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "demo failed: checkpoint not found" in proc.stderr and "missing.safetensors" in proc.stderr
     assert "Traceback" not in proc.stderr
