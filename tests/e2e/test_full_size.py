@@ -64,7 +64,11 @@ def run_full_size(family: str, layers: int, extra_args: list[str], captions: int
         t_run = time.perf_counter() - t1
         log = server.log_text()
         images = server.images(history)
-        concept = load_concept(server.models_dir / "perfusion" / "full_cat.safetensors")
+        saved = sorted((server.models_dir / "perfusion").rglob("full_cat*.safetensors"))
+        assert len(saved) == 1, (f"expected one saved concept, found {saved}; perfusion folder: "
+                                 f"{sorted(p.name for p in (server.models_dir / 'perfusion').rglob('*'))}\n"
+                                 f"{log[-4000:]}")
+        concept = load_concept(saved[0])
         start_s = server.start_seconds
     print(f"\n{family} full: checkpoint ready {t_ckpt:.1f} s, server start {start_s:.1f} s, "
           f"prompt {t_run:.1f} s (load, {captions}-caption statistics, word edit, {steps} steps)")
