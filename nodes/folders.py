@@ -18,6 +18,17 @@ def register() -> None:
     folder_paths.folder_names_and_paths[FOLDER] = (paths, set(EXTENSIONS))
 
 
+STATISTICS_SUBFOLDER = "statistics"  # cached text-encoder statistics live beside the concepts
+
+
+def concept_files() -> list[str]:
+    """Concept files for the dropdown: everything in the folder except the statistics cache."""
+    import folder_paths
+
+    return [name for name in folder_paths.get_filename_list(FOLDER)
+            if not name.replace("\\", "/").startswith(STATISTICS_SUBFOLDER + "/")]
+
+
 def output_dir() -> str:
     """Where new concepts are written: the first (default) perfusion folder."""
     import folder_paths

@@ -26,7 +26,7 @@ class LoadPerfusionConcept:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        return {"required": {"concept_name": (folder_paths.get_filename_list(folders.FOLDER), {
+        return {"required": {"concept_name": (folders.concept_files(), {
             "tooltip": "A concept file in models/perfusion (or a 'perfusion:' path of extra_model_paths.yaml). "
                        "Press R in the UI to refresh the list after adding files."})}}
 

@@ -56,7 +56,7 @@ def clip_statistics(clip: Any, captions: list[str] | None = None,
     encoder = host_model.text_encoder_id(clip)
     corpus = corpus_digest(captions)
     weights = _weights_digest(clip)
-    stats_dir = os.path.join(folders.output_dir(), "statistics")
+    stats_dir = os.path.join(folders.output_dir(), folders.STATISTICS_SUBFOLDER)
     path = os.path.join(stats_dir, f"{encoder.name}_{encoder.layer}_{corpus}_{weights}.safetensors")
     if os.path.isfile(path):
         try:

@@ -76,6 +76,8 @@ STEPS: tuple[Step, ...] = (
 
 @dataclass
 class StepResult:
+    """What one step took and the files it left in the output folder."""
+
     step: Step
     seconds: float
     files: list[Path]
@@ -184,12 +186,15 @@ def run_demo(checkpoint: Path | None, out_dir: Path, *, size: int | None = None,
         install_file(checkpoint, server.models_dir / "checkpoints" / ckpt_name)
         say(f"  checkpoint: {checkpoint} -> models/checkpoints/{ckpt_name}")
         server_statistics = server.models_dir / "perfusion" / "statistics"
-        if statistics_cache is not None and sync_statistics(statistics_cache, server_statistics):
+        have_statistics = statistics_cache is not None and bool(sync_statistics(statistics_cache, server_statistics))
+        if have_statistics:
             say(f"  text-encoder statistics cache: {statistics_cache}")
         object_info = server.object_info()
         out_dir.mkdir(parents=True, exist_ok=True)
         for step in STEPS:
             say(f"Running workflows/{step.workflow}.json: {step.what} ...")
+            if step.makes_concepts and not have_statistics:
+                say("  (estimating the text-encoder statistics first: minutes on a CPU, once per text encoder)")
             prompt = retarget(wf.load_api(step.workflow, object_info), ckpt_name, size, steps, statistics_captions)
             t0 = time.perf_counter()
             history = server.run(prompt, timeout=timeout)

@@ -51,3 +51,18 @@ def test_load_reports_bad_and_missing_files(pack, perfusion_folder):
     with pytest.raises(FileNotFoundError):
         node.load("no_such_concept.safetensors")
     os.remove(bad)
+
+
+def test_statistics_cache_is_not_offered_as_a_concept(pack, perfusion_folder):
+    import os
+
+    os.makedirs(os.path.join(perfusion_folder, "statistics"), exist_ok=True)
+    for name in ("statistics/x.safetensors", "mine.safetensors"):
+        with open(os.path.join(perfusion_folder, name), "wb") as f:
+            f.write(b"0")
+    try:
+        choices = pack.NODE_CLASS_MAPPINGS["LoadPerfusionConcept"].INPUT_TYPES()["required"]["concept_name"][0]
+        assert "mine.safetensors" in choices and not any(c.startswith("statistics") for c in choices)
+    finally:
+        for name in ("statistics/x.safetensors", "mine.safetensors"):
+            os.remove(os.path.join(perfusion_folder, name))
