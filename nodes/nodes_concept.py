@@ -63,8 +63,8 @@ class ConceptGate:
                     "Gate temperature, > 0 (0.15 is the paper's inference value); smaller = sharper on/off. "
                     "-1 = the concept's stored default."}),
             "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip":
-                         "Scales the concept's whole contribution to the edit: 0 = as if the concept were absent, "
-                         "1 = as trained. Default 1."}),
+                         "Scales the concept's whole contribution to the cross-attention edit: 0 = no edit (the "
+                         "trigger word keeps its learned embedding), 1 = as trained. Default 1."}),
             "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
                               "Denoising progress (0 = first step) at which the concept starts acting. Default 0."}),
             "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":

@@ -168,3 +168,29 @@ def test_input_clip_is_untouched(pack, tiny_sd1, word_edit):
     assert clip.tokenizer is tokenizer and not isinstance(tokenizer, pack.nodes.clip_patch.TriggerTokenizer)
     assert torch.equal(after[0][0], before)
     assert "model_conds" not in after[0][1], "the global-lock encoder patch must not leak into the input CLIP"
+
+
+@pytest.mark.parametrize("fixture", ["tiny_sd1", "tiny_sdxl"])
+def test_trigger_gets_the_learned_embedding_in_every_text_encoder(pack, request, fixture):
+    """Defining property of the CLIP side: with the token embedding(s) of "dog" as the
+    concept's learned embedding, "a photo of a sks" encodes exactly as "a photo of a dog"
+    (SDXL: both encoders), and the input CLIP still reads "sks" as before."""
+    import dataclasses
+
+    import nodes as comfy_nodes
+
+    model, clip = request.getfixturevalue(fixture)
+    base = word_edit_of(pack, model, clip)
+    dog_ids = pack.nodes.clip_patch.single_token_id(clip.tokenizer, "dog")
+    embeddings = {key: getattr(clip.cond_stage_model, f"clip_{key}").transformer.get_input_embeddings()
+                  .weight[token].detach().float().clone() for key, token in dog_ids.items()}
+    assert set(embeddings) == ({"l"} if fixture == "tiny_sd1" else {"l", "g"})
+    concept = dataclasses.replace(base, trigger="sks", embeddings=embeddings).with_gate(strength=0.0)
+    _, pclip = apply(pack, model, clip, concept)
+    encode = comfy_nodes.CLIPTextEncode().encode
+    plain_sks = encode(clip, "a photo of a sks")[0][0][0]
+    dog = encode(clip, "a photo of a dog")[0][0][0]
+    learned = encode(pclip, "a photo of a SKS")[0][0][0]
+    torch.testing.assert_close(learned, dog, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(plain_sks, dog)
+    torch.testing.assert_close(encode(clip, "a photo of a sks")[0][0][0], plain_sks, rtol=0, atol=0)
