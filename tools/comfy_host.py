@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
 
 ENV_VAR = "PERFUSION_COMFYUI"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -70,3 +71,25 @@ def import_host() -> None:
 
     comfy.cli_args.args.cpu = True
     _imported = True
+
+
+PACK_MODULE = "perfusion_pack"
+
+
+def import_pack() -> "ModuleType":
+    """Import this repository as ComfyUI imports a custom node folder (a package), once.
+
+    Our node package is ``<pack>.nodes``; it must never be imported as top-level
+    ``nodes``, which is ComfyUI's own module.
+    """
+    import importlib.util
+
+    import_host()
+    if PACK_MODULE in sys.modules:
+        return sys.modules[PACK_MODULE]
+    spec = importlib.util.spec_from_file_location(PACK_MODULE, REPO_ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(REPO_ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_MODULE] = module
+    spec.loader.exec_module(module)
+    return module
