@@ -177,8 +177,12 @@ def sample(cfg: Config, args: argparse.Namespace) -> tuple[float, float, float, 
     return switch, seconds, time.process_time() - cpu, out[0]["samples"]
 
 
-def run_sampling(configs: list[Config], args: argparse.Namespace) -> None:
-    """A warm-up round, then ``repeats`` interleaved rounds; each round rotates the starting config."""
+def run_sampling(configs: list[Config], args: argparse.Namespace) -> list[float]:
+    """A warm-up round, then ``repeats`` interleaved rounds; each round rotates the starting config.
+
+    Returns the 1-minute load average seen after each timed sample (other processes show up there).
+    """
+    loads = []
     for cfg in configs:
         cfg.positive, cfg.negative = encode_pair(cfg.clip)
     for rnd in range(args.repeats + 1):
@@ -196,10 +200,12 @@ def run_sampling(configs: list[Config], args: argparse.Namespace) -> None:
             cfg.times.append(seconds)
             cfg.cpu_times.append(cpu)
             cfg.switch_times.append(switch)
+            loads.append(os.getloadavg()[0])
             if cfg.probe is not None:
                 cfg.in_situ.append((cfg.probe["hooked"] / args.steps, cfg.probe["base"] / args.steps))
             print(f"  round {rnd:2d} {cfg.name:>10}: {seconds:6.2f} s wall, {cpu:6.2f} s CPU "
-                  f"(switch {switch * 1e3:5.1f} ms, load avg {os.getloadavg()[0]:.2f})", flush=True)
+                  f"(switch {switch * 1e3:5.1f} ms, load avg {loads[-1]:.2f})", flush=True)
+    return loads
 
 
 class OpCounter(TorchDispatchMode):
@@ -395,6 +401,19 @@ def machine_facts(threads: int) -> dict[str, str]:
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
+def busy_warning(max_load: float, cores: int) -> list[str]:
+    """A warning paragraph when other processes competed for the cores during the timed rounds.
+
+    Our own threads contribute up to ``--threads`` to the load; beyond the core count
+    (with some slack for the smoothing of the load average) someone else was running.
+    """
+    if max_load <= cores + 0.5:
+        return []
+    return [(f"**Warning: the machine was busy during the timed rounds (load average up to {max_load:.2f} on "
+             f"{cores} cores). Timings from such a run are unreliable, the small ops of the edit most of all; "
+             f"rerun on an idle machine, or with --threads 1.**"), ""]
+
+
 def verdict(ratio: float, name: str) -> str:
     limit = LIMITS.get(name)
     return "" if limit is None else ("met" if ratio <= limit else "MISSED")
@@ -439,7 +458,7 @@ def hook_table(configs: list[Config], hooks: dict[str, dict[str, float]], unet_c
 def report(args: argparse.Namespace, command: str, facts: dict[str, str], configs: list[Config],
            hooks: dict[str, dict[str, float]], op_counts: dict[str, tuple[int, int]],
            ops: dict[str, list[float]], files: list[dict[str, Any]],
-           setup: dict[str, float], load_avg: tuple[float, float]) -> str:
+           setup: dict[str, float], load_avg: tuple[float, float, float]) -> str:
     plain = configs[0]
     unet_calls = args.steps  # euler: one UNet call (cond + uncond batched) per step
     switches = [s for cfg in configs for s in cfg.switch_times]
@@ -449,8 +468,10 @@ def report(args: argparse.Namespace, command: str, facts: dict[str, str], config
         "",
         (f"Machine: {facts['cpu']}, {facts['cores']} cores, torch.set_num_threads({facts['threads']}); "
          f"torch {facts['torch']}, Python {facts['python']}, ComfyUI {facts['comfyui']}; {facts['date']}. "
-         f"Load average (1 min) {load_avg[0]:.2f} at the start, {load_avg[1]:.2f} at the end."),
+         f"Load average (1 min): {load_avg[0]:.2f} at the start, at most {load_avg[1]:.2f} during the timed "
+         f"rounds, {load_avg[2]:.2f} at the end."),
         "",
+        *busy_warning(load_avg[1], int(facts["cores"])),
         "### Sampling time",
         "",
         (f"ComfyUI SD1.5 UNet + CLIP-L, {args.size} layout, random weights, float32, CPU. KSampler euler/normal, "
@@ -569,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         configs = [Config("plain", model, clip), Config("1 concept", *apply_all(pack, model, clip, concepts[:1])),
                    Config(f"{len(concepts)} concepts", *apply_all(pack, model, clip, concepts))]
         restores = [instrument(pack, cfg) for cfg in configs[1:]]
-        run_sampling(configs, args)
+        loads = run_sampling(configs, args)
         for restore in restores:
             restore()
         if not all(h for cfg in configs[1:] for h, _ in cfg.in_situ):
@@ -586,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         ops = {**apply_times(pack, model, clip, concepts, args.op_repeats),
                **load_times(pack, files, args.op_repeats)}
     section = report(args, command, machine_facts(args.threads), configs, hooks, op_counts, ops, files,
-                     {"build": build, "concepts": concept_time}, (load_start, os.getloadavg()[0]))
+                     {"build": build, "concepts": concept_time}, (load_start, max(loads), os.getloadavg()[0]))
     print("\n" + section)
     if args.write_doc:
         write_doc(section)
