@@ -13,8 +13,11 @@ weights (full layout by default):
    Wall time and this process's CPU time are both recorded: on a shared
    machine CPU time is less disturbed by other processes.
 2. Where the time goes: every hooked to_k/to_v projection timed against its
-   own base forward on the same context and summed over the layers, which is
-   the low-noise estimate of the extra cost per UNet call.
+   own base forward, both in isolation (best of many passes on the sampler's
+   context) and in situ (clocked inside the timed samples): the low-noise
+   estimate of the extra cost per UNet call. Plus the ATen ops dispatched per
+   UNet call, which set the cost wherever each op has a fixed price (GPU
+   kernel launches, CPU threads that are woken per op).
 3. ApplyKeyLockedEdit.apply and LoadPerfusionConcept.load times (medians).
 4. Concept file sizes (fp16 / fp32) for the full SD1.5, SD2 and SDXL layouts
    (layer widths read from UNets built on the meta device: no weights in RAM).
@@ -26,14 +29,14 @@ latent is therefore the worst case for the relative overhead, and keeps the
 whole run within minutes on two CPU cores.
 
 With --write-doc (the default for --size full) the results replace the
-generated section of docs/benchmarks.md.
+generated section of docs/benchmarks.md. A run during which other processes
+competed for the cores is flagged there: its timings are not trustworthy.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import os
 import platform
 import statistics
@@ -53,11 +56,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tools.comfy_host import import_host  # noqa: E402
+from tools.comfy_host import import_host, import_pack  # noqa: E402
 
 DOC = REPO / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench_overhead: begin generated -->", "<!-- bench_overhead: end generated -->"
-PACK_MODULE = "perfusion_pack"
 # (trigger, target): common one-token words, so every trigger is an ordinary prompt word.
 WORD_EDITS = (("cat", "dog"), ("chair", "table"), ("car", "bus"), ("tree", "house"))
 PROMPT = "a photo of a cat next to a chair, a car and a tree"
@@ -68,18 +70,6 @@ EMBEDDING_WIDTHS = {"l": 768, "h": 1024, "g": 1280}
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def import_pack() -> ModuleType:
-    """Import the repository as ComfyUI imports a custom node folder (as a package)."""
-    if PACK_MODULE in sys.modules:
-        return sys.modules[PACK_MODULE]
-    spec = importlib.util.spec_from_file_location(PACK_MODULE, REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK_MODULE] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 def quiet_host() -> None:
     """No progress bars or info logs in the timed loop (they cost time and clutter the output)."""
@@ -216,7 +206,7 @@ class OpCounter(TorchDispatchMode):
         self.ops = 0
         self.views = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         if func.is_view:
             self.views += 1
         else:
