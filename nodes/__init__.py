@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from . import folders, nodes_apply, nodes_concept, nodes_grid, nodes_word_edit
+from . import folders, nodes_apply, nodes_concept, nodes_grid, nodes_train, nodes_word_edit
 
 folders.register()
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
-for _module in (nodes_concept, nodes_apply, nodes_word_edit, nodes_grid):
+for _module in (nodes_concept, nodes_apply, nodes_word_edit, nodes_grid, nodes_train):
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)

@@ -19,14 +19,26 @@ def register() -> None:
 
 
 STATISTICS_SUBFOLDER = "statistics"  # cached text-encoder statistics live beside the concepts
+TRAINING_SUBFOLDER = "training"  # resumable training checkpoints (not concepts)
+
+
+def _in(subfolder: str, name: str) -> bool:
+    return name.replace("\\", "/").startswith(subfolder + "/")
 
 
 def concept_files() -> list[str]:
-    """Concept files for the dropdown: everything in the folder except the statistics cache."""
+    """Concept files for the dropdown: everything in the folder except statistics and checkpoints."""
     import folder_paths
 
     return [name for name in folder_paths.get_filename_list(FOLDER)
-            if not name.replace("\\", "/").startswith(STATISTICS_SUBFOLDER + "/")]
+            if not _in(STATISTICS_SUBFOLDER, name) and not _in(TRAINING_SUBFOLDER, name)]
+
+
+def training_checkpoints() -> list[str]:
+    """Resumable training checkpoints, as names relative to the perfusion folder."""
+    import folder_paths
+
+    return [name for name in folder_paths.get_filename_list(FOLDER) if _in(TRAINING_SUBFOLDER, name)]
 
 
 def output_dir() -> str:

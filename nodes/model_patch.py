@@ -47,6 +47,12 @@ class PerfusionRuntime:
     """The joint edit of N concepts on one model, shared by all its layer hooks."""
 
     def __init__(self, concepts: list[Concept]) -> None:
+        self.step: StepState | None = None
+        self.load(concepts)
+
+    def load(self, concepts: list[Concept]) -> None:
+        """(Re)build from ``concepts``. Training calls this every step with live
+        parameters as value targets, so gradients flow through the same hooks."""
         self.concepts = [c for c in concepts if c.gate.strength != 0.0]
         self.all_concepts = list(concepts)  # kept so chaining keeps zero-strength concepts around
         active = self.concepts
@@ -58,7 +64,6 @@ class PerfusionRuntime:
             self.beta = torch.tensor([c.gate.beta for c in active])
             self.tau = torch.tensor([c.gate.tau for c in active])
             self.strength = torch.tensor([c.gate.strength for c in active])
-        self.step: StepState | None = None
         self._cache: dict[tuple, Any] = {}
 
     def __deepcopy__(self, memo: dict) -> "PerfusionRuntime":
@@ -112,11 +117,12 @@ class PerfusionRuntime:
         k_context = kwargs.pop(K_CONTEXT_COND, None)
         if k_context is not None:
             transformer_options[K_CONTEXT_COND] = k_context
+        previous = self.step  # None at inference; training holds its step across backward recomputation
         self.step = self.step_state(t, executor.class_obj.model_sampling) if self.n else None
         try:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         finally:
-            self.step = None
+            self.step = previous
 
     def scale_for(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, N) scale and set index for a projection call of batch size ``batch``."""

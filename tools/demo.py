@@ -13,15 +13,16 @@ with all its folders in a throw-away directory:
    (training-free word edits: "cat" rendered as "dog", "chair" as "table");
 3. runs ``workflows/concept_txt2img.json`` (one concept) and
    ``workflows/beta_sweep.json`` (a labelled grid over the gate bias);
-4. copies the images (and the concept files) to ``--out`` (default ``out/``).
+4. runs ``workflows/train_concept.json``: TrainPerfusion on the bundled
+   teddy images (``workflows/images``), then generates with the new concept;
+5. copies the images (and the concept files) to ``--out`` (default ``out/``).
 
 The shipped workflows are the same files you load in the ComfyUI web UI;
 they are only re-pointed at the checkpoint and, for a real model, given a
 real image size and step count. With the built-in model the images show
 random-weight structure, not pictures: the demo proves the pipeline runs.
 
-To add a step (e.g. train a concept instead of the word edit), add a
-``Step`` to ``STEPS``: each names a workflow and says what it produces.
+To add a step, add a ``Step`` to ``STEPS``: each names a workflow and says what it produces.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ STEPS: tuple[Step, ...] = (
     Step("make_demo_concepts", "make the demo concepts (word edits: cat -> dog, chair -> table)", makes_concepts=True),
     Step("concept_txt2img", "text to image with one concept (prompt 'a photo of a cat sitting on a sofa')"),
     Step("beta_sweep", "the same prompt at gate bias beta 0.4 ... 0.8 as one labelled grid"),
+    Step("train_concept", f"train '{wf.TRIGGER}' ({wf.SUPERCLASS}) on the bundled images in workflows/images, "
+                          f"then generate 'a photo of a {wf.TRIGGER} on the beach'"),
 )
 
 
@@ -93,6 +96,14 @@ def install_file(src: Path, dest: Path) -> Path:
     except OSError:
         shutil.copy2(src, dest)
     return dest
+
+
+def install_training_images(input_dir: Path) -> list[Path]:
+    """Copy the bundled training images into a server's input folder (where LoadImage looks)."""
+    from tools.sample_images import IMAGES_DIR
+
+    input_dir.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy2(IMAGES_DIR / name, input_dir / name)) for name in wf.TRAIN_IMAGES]
 
 
 def built_in_checkpoint() -> Path:
@@ -118,6 +129,8 @@ def retarget(prompt: Mapping[str, Any], ckpt_name: str, size: int | None = None,
             inputs["steps"] = steps
         if statistics_captions is not None and kind == "PerfusionWordEdit":
             inputs["statistics_captions"] = statistics_captions
+        if size is not None and kind == "TrainPerfusion":
+            inputs["resolution"] = size
         out[nid] = entry
     return out
 
@@ -185,6 +198,7 @@ def run_demo(checkpoint: Path | None, out_dir: Path, *, size: int | None = None,
             raise DemoError(f"ComfyUI did not import the Perfusion node pack:\n{server.pack_error()}")
         install_file(checkpoint, server.models_dir / "checkpoints" / ckpt_name)
         say(f"  checkpoint: {checkpoint} -> models/checkpoints/{ckpt_name}")
+        install_training_images(server.input_dir)
         server_statistics = server.models_dir / "perfusion" / "statistics"
         have_statistics = statistics_cache is not None and bool(sync_statistics(statistics_cache, server_statistics))
         if have_statistics:
@@ -221,6 +235,11 @@ def run_demo(checkpoint: Path | None, out_dir: Path, *, size: int | None = None,
                 copied.append(dest / path.name)
             results.append(StepResult(step, seconds, copied))
             say(f"  done in {seconds:.1f} s: " + ", ".join(str(p) for p in copied))
+        trained = server.models_dir / "perfusion" / f"{wf.TRAINED_CONCEPT}.safetensors"
+        if trained.is_file():
+            (out_dir / "concepts").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(trained, out_dir / "concepts" / trained.name)
+            say(f"  trained concept: {out_dir / 'concepts' / trained.name} ({trained.stat().st_size // 1024} KiB)")
         for line in server.log_text().splitlines():
             if "Perfusion:" in line and "hooked" in line:
                 say(f"  server log: {line.strip()}")

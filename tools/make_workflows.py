@@ -45,6 +45,13 @@ DEMO_CONCEPTS: tuple[tuple[str, str, str], ...] = (
 CAT_CONCEPT = DEMO_CONCEPTS[0][0] + ".safetensors"
 CHAIR_CONCEPT = DEMO_CONCEPTS[1][0] + ".safetensors"
 
+# The bundled training images (tools/sample_images.py) and the concept trained from them.
+TRAIN_IMAGES: tuple[str, ...] = tuple(f"teddy_{n}.png" for n in range(4))
+TRAINED_CONCEPT = "demo_teddy"
+TRIGGER = "mytoy"
+SUPERCLASS = "teddy"
+TRAIN_STEPS = 20  # the paper's 400 for a real model; 20 keeps the demo model's run short
+
 SIZE = 64  # latent size in pixels
 STEPS = 4
 SEED = 42
@@ -224,12 +231,38 @@ def beta_sweep() -> Prompt:
     return g.prompt
 
 
+def train_concept() -> Prompt:
+    """(e) Train a concept on the bundled teddy images, then generate it in a new setting."""
+    g = Graph()
+    model, clip, vae = _checkpoint(g)
+    images: Link | None = None
+    for n, name in enumerate(TRAIN_IMAGES):
+        g.add(f"image{n}", "LoadImage", f"Training image {n + 1}", image=name)
+        if images is None:
+            images = g.out(f"image{n}")
+        else:
+            g.add(f"batch{n}", "ImageBatch", f"Images 1-{n + 1}", image1=images, image2=g.out(f"image{n}"))
+            images = g.out(f"batch{n}")
+    g.add("train", "TrainPerfusion", f"Train '{TRIGGER}' ({SUPERCLASS})", model=model, clip=clip, vae=vae,
+          images=images, trigger_word=TRIGGER, superclass=SUPERCLASS, steps=TRAIN_STEPS, batch_size=2,
+          grad_accumulation=1, lr_values=0.03, lr_embedding=0.006, train_beta=0.75, train_tau=0.1, seed=SEED,
+          resolution=SIZE, timestep_sets=1, gradient_checkpointing=False, mask_source="mask input if connected",
+          checkpoint_every=10, output_name=TRAINED_CONCEPT, statistics_captions=STATISTICS_CAPTIONS,
+          resume_from="none")
+    g.add("loss", "SaveImage", "Save loss graph", images=g.out("train", 1), filename_prefix=f"{OUTPUT_PREFIX}/train_loss")
+    model, clip = _apply(g, "apply", model, clip, g.out("train", 0), "Apply trained concept")
+    image, _, _ = _sample_and_decode(g, "", model, clip, vae, f"a photo of a {TRIGGER} on the beach", _latent(g))
+    _save(g, image, "train_concept")
+    return g.prompt
+
+
 WORKFLOWS: dict[str, Callable[[], Prompt]] = {
     "make_demo_concepts": make_demo_concepts,
     "concept_txt2img": concept_txt2img,
     "two_concepts": two_concepts,
     "concept_lora_controlnet": concept_lora_controlnet,
     "beta_sweep": beta_sweep,
+    "train_concept": train_concept,
 }
 
 

@@ -29,7 +29,7 @@ from PIL import Image
 from perfusion_core.concept_file import load_concept
 from tools import make_workflows as wf
 from tools.comfy_server import ComfyServer
-from tools.demo import install_file
+from tools.demo import install_file, install_training_images
 from tools.random_models import cached_checkpoint, write_controlnet, write_lora
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,6 +50,7 @@ def server() -> Iterator[ComfyServer]:
         install_file(cached_checkpoint("sd1", "tiny", seed=0), models / "checkpoints" / wf.CHECKPOINT)
         write_lora(models / "loras" / wf.LORA, "sd1", seed=1, size="tiny")
         write_controlnet(models / "controlnet" / wf.CONTROLNET, seed=2, family="sd1", size="tiny")
+        install_training_images(srv.input_dir)
         print(f"\nserver start {srv.start_seconds:.1f} s")
         yield srv
 
@@ -225,12 +226,31 @@ def check_beta_sweep(server: ComfyServer, object_info: dict[str, Any], concepts:
     assert len(run.hooks()) == n and all(hook[1] == ["cat"] for hook in run.hooks())
 
 
+def check_train_concept(server: ComfyServer, object_info: dict[str, Any], concepts: dict[str, Any]) -> None:
+    """Train on the bundled images in the server, save, apply, sample: one queue press."""
+    prompt = workflow("train_concept", object_info)
+    train = nodes_of(prompt, "TrainPerfusion")[0]["inputs"]
+    assert (train["trigger_word"], train["superclass"], train["steps"]) == (wf.TRIGGER, wf.SUPERCLASS, wf.TRAIN_STEPS)
+    run = Run(server, prompt)
+    print(f"\ntrain_concept: {run.seconds:.1f} s")
+    assert len(run.images) == 2  # the loss graph and the generated image
+    graph, image = sorted(run.images, key=lambda im: im.size[0], reverse=True)
+    assert graph.size == (512, 256)
+    assert_real_image(image, SIZE)
+    assert run.hooks() == [(1, [wf.TRIGGER], TINY_SD1_LAYERS, 2 * TINY_SD1_LAYERS)]
+    concept = load_concept(server.models_dir / "perfusion" / f"{wf.TRAINED_CONCEPT}.safetensors")
+    assert (concept.trigger, concept.superclass, concept.training["steps"]) == (wf.TRIGGER, wf.SUPERCLASS, wf.TRAIN_STEPS)
+    assert set(concept.embeddings) == {"l"}
+    assert (server.models_dir / "perfusion" / "training" / f"{wf.TRAINED_CONCEPT}.safetensors").is_file()
+
+
 CHECKS: dict[str, Callable[[ComfyServer, dict[str, Any], dict[str, Any]], None]] = {
     "make_demo_concepts": check_make_demo_concepts,
     "concept_txt2img": check_concept_txt2img,
     "two_concepts": check_two_concepts,
     "concept_lora_controlnet": check_concept_lora_controlnet,
     "beta_sweep": check_beta_sweep,
+    "train_concept": check_train_concept,
 }
 SHIPPED = sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
 

@@ -15,6 +15,10 @@ CONTRACT = {
     "SavePerfusionConcept": ["concept", "filename_prefix"],
     "PerfusionWordEdit": ["model", "clip", "trigger_word", "target_word", "template", "statistics_captions"],
     "PerfusionLabelledGrid": ["images", "labels", "columns"],
+    "TrainPerfusion": ["model", "clip", "vae", "images", "trigger_word", "superclass", "steps", "batch_size",
+                       "grad_accumulation", "lr_values", "lr_embedding", "train_beta", "train_tau", "seed",
+                       "resolution", "timestep_sets", "gradient_checkpointing", "mask_source", "checkpoint_every",
+                       "output_name", "statistics_captions", "resume_from", "mask"],
 }
 
 

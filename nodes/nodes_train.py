@@ -1,0 +1,191 @@
+"""TrainPerfusion: learn a concept from a few images inside ComfyUI."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import folder_paths
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from perfusion_core.concept import ConceptError
+from perfusion_core.concept_file import word_problem
+from perfusion_core.training import TrainingError, TrainingSettings
+
+from . import folders
+from .nodes_concept import CATEGORY, CONCEPT
+from .training import PerfusionTrainer, prepare_data, run_files
+
+NODE = "TrainPerfusion"
+NO_RESUME = "none"
+MASK_SOURCES = ("mask input if connected", "none")
+log = logging.getLogger(__name__)
+
+
+def loss_graph(losses: list[float], width: int = 512, height: int = 256) -> torch.Tensor:
+    """(1, H, W, 3) image: per-step loss (grey) and its running mean (blue), with min/max labels."""
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    left, top, right, bottom = 8, 18, width - 8, height - 18
+    draw.rectangle((left, top, right, bottom), outline=(200, 200, 200))
+    if losses:
+        values = np.asarray(losses, dtype=np.float64)
+        window = max(1, len(values) // 20)
+        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+        lo, hi = float(values.min()), float(values.max())
+        span = hi - lo if hi > lo else 1.0
+
+        def points(series: np.ndarray, offset: int) -> list[tuple[float, float]]:
+            n = max(len(values) - 1, 1)
+            return [(left + (i + offset) / n * (right - left), bottom - (v - lo) / span * (bottom - top))
+                    for i, v in enumerate(series)]
+
+        if len(values) > 1:
+            draw.line(points(values, 0), fill=(170, 170, 170), width=1)
+            draw.line(points(smooth, window - 1), fill=(30, 90, 200), width=2)
+        draw.text((left, 2), f"loss: {len(values)} steps, max {hi:.4f}", fill="black", font=font)
+        draw.text((left, bottom + 3), f"min {lo:.4f}, last {smooth[-1]:.4f} (mean of {window})", fill="black", font=font)
+    return torch.from_numpy(np.asarray(canvas).astype(np.float32) / 255.0)[None]
+
+
+class TrainPerfusion:
+    DESCRIPTION = ("Train a Perfusion concept from 1-10 images: the trigger word's embedding and one value "
+                   "target per cross-attention layer are learned, keys stay locked to the superclass. Saves "
+                   "the concept to models/perfusion (never overwriting) and a resumable checkpoint; the UI's "
+                   "cancel stops within one step and keeps both.")
+    RETURN_TYPES = (CONCEPT, "IMAGE", "STRING")
+    RETURN_NAMES = ("concept", "loss_graph", "concept_file")
+    OUTPUT_TOOLTIPS = ("The trained concept (gate defaults 0.7/0.15 local); apply it with ApplyKeyLockedEdit.",
+                       "Loss per optimizer step and its running mean.",
+                       "Name of the saved concept file in models/perfusion.")
+    FUNCTION = "train"
+    CATEGORY = CATEGORY
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The checkpoint's model (SD1.x, SD2.x or SDXL; fp8-loaded works). "
+                                               "It is not changed: only the concept's parameters are trained."}),
+                "clip": ("CLIP", {"tooltip": "The CLIP of the same checkpoint, after any CLIPSetLastLayer."}),
+                "vae": ("VAE", {"tooltip": "Encodes the training images into latents."}),
+                "images": ("IMAGE", {"tooltip": "1-10 photos of the concept; resized (shorter side) and centre-"
+                                                "cropped to the resolution, flipped at random."}),
+                "trigger_word": ("STRING", {"default": "mytoy", "tooltip":
+                                 "The new word for the concept, used in prompts (one word, not the superclass)."}),
+                "superclass": ("STRING", {"default": "teddy", "tooltip":
+                               "What the concept is ('teddy', 'cat', 'chair'): keys lock to it and training "
+                               "starts from it."}),
+                "steps": ("INT", {"default": 400, "min": 1, "max": 100000, "tooltip":
+                          "Optimizer steps (1-100000, default 400, the paper's)."}),
+                "batch_size": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip":
+                               "Images per micro-batch (1-64, default 4)."}),
+                "grad_accumulation": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip":
+                                      "Micro-batches per optimizer step (1-64, default 4; 4 x 4 = the paper's 16)."}),
+                "lr_values": ("FLOAT", {"default": 0.03, "min": 1e-6, "max": 1.0, "step": 0.001, "tooltip":
+                              "AdamW learning rate of the value targets (default 0.03)."}),
+                "lr_embedding": ("FLOAT", {"default": 0.006, "min": 1e-6, "max": 1.0, "step": 0.001, "tooltip":
+                                 "AdamW learning rate of the trigger embedding (default 0.006)."}),
+                "train_beta": ("FLOAT", {"default": 0.75, "min": -1.0, "max": 2.0, "step": 0.01, "tooltip":
+                               "Gate bias while training (default 0.75; higher gives a better trade-off later)."}),
+                "train_tau": ("FLOAT", {"default": 0.1, "min": 0.001, "max": 1.0, "step": 0.01, "tooltip":
+                              "Gate temperature while training (0.001-1, default 0.1)."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip":
+                         "Seed of every random draw (noise, timesteps, images, flips, prompts); same seed, same concept."}),
+                "resolution": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64, "tooltip":
+                               "Training resolution in pixels (multiple of 64; 512 for SD1.5, 1024 for SDXL)."}),
+                "timestep_sets": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip":
+                                  "Value-target copies, each owning an equal interval of timesteps (1-16, default "
+                                  "1; 2 often balances identity and prompt fidelity)."}),
+                "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip":
+                                           "Recompute UNet activations in backward: less memory, ~30% slower."}),
+                "mask_source": (list(MASK_SOURCES), {"default": MASK_SOURCES[0], "tooltip":
+                                "Weight the loss by the mask input (the concept's region) when one is "
+                                "connected, or train on whole images ('none')."}),
+                "checkpoint_every": ("INT", {"default": 50, "min": 0, "max": 100000, "tooltip":
+                                     "Write the resumable checkpoint every N steps (0 = only at the end or on cancel)."}),
+                "output_name": ("STRING", {"default": "perfusion_concept", "tooltip":
+                                "File name (no extension) in models/perfusion; an existing file gets a _00001 suffix."}),
+                "statistics_captions": ("INT", {"default": 20000, "min": 100, "max": 200000, "step": 100, "tooltip":
+                                        "Built-in captions for the text-encoder statistics C (computed once per "
+                                        "CLIP, cached in models/perfusion/statistics). Default 20000."}),
+                "resume_from": ([NO_RESUME] + folders.training_checkpoints(), {"default": NO_RESUME, "tooltip":
+                                "Continue a cancelled or finished run from its checkpoint in "
+                                "models/perfusion/training (same inputs; steps may grow)."}),
+            },
+            "optional": {
+                "mask": ("MASK", {"tooltip": "Optional: where the concept is in each image (one mask, or one per image)."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def train(self, model: Any, clip: Any, vae: Any, images: torch.Tensor, trigger_word: str, superclass: str,
+              steps: int, batch_size: int, grad_accumulation: int, lr_values: float, lr_embedding: float,
+              train_beta: float, train_tau: float, seed: int, resolution: int, timestep_sets: int,
+              gradient_checkpointing: bool, mask_source: str, checkpoint_every: int, output_name: str,
+              statistics_captions: int, resume_from: str = NO_RESUME, mask: torch.Tensor | None = None,
+              unique_id: str | None = None) -> dict:
+        trigger, superclass = trigger_word.strip(), " ".join(superclass.split())
+        settings = TrainingSettings(steps=steps, batch_size=batch_size, grad_accumulation=grad_accumulation,
+                                    lr_values=lr_values, lr_embedding=lr_embedding, beta=train_beta, tau=train_tau,
+                                    seed=seed, resolution=resolution, timestep_sets=timestep_sets)
+        problems = settings.problems()
+        problems += [p for p in (word_problem(trigger, "trigger_word"),
+                                 word_problem(superclass, "superclass", allow_spaces=True)) if p]
+        if not problems and trigger.lower() == superclass.lower():
+            problems.append(f"trigger_word equals the superclass ({trigger!r}); pick a new word for the concept")
+        if mask_source not in MASK_SOURCES:
+            problems.append(f"mask_source must be one of {MASK_SOURCES}, got {mask_source!r}")
+        name = output_name.strip()
+        if not name or os.path.basename(name) != name or name.startswith("."):
+            problems.append(f"output_name must be a plain file name without folders, got {output_name!r}")
+        if problems:
+            raise TrainingError(f"{NODE}: " + "; ".join(problems))
+        resume_path = None
+        if resume_from != NO_RESUME:
+            resume_path = folder_paths.get_full_path(folders.FOLDER, resume_from)
+            if resume_path is None:
+                raise TrainingError(f"{NODE}: resume_from {resume_from!r} not found in models/perfusion")
+        name = name[:-len(".safetensors")] if name.endswith(".safetensors") else name
+        data = prepare_data(model, vae, images, mask if mask_source == MASK_SOURCES[0] else None, resolution)
+        progress = _Progress(steps, unique_id)
+        try:
+            with torch.inference_mode(False), torch.enable_grad():  # see PerfusionTrainer
+                trainer = PerfusionTrainer(model, clip, data, trigger, superclass, settings, statistics_captions,
+                                           gradient_checkpointing, run_files(name, checkpoint_every), resume_path,
+                                           progress=progress)
+                result = trainer.run()
+        except (TrainingError, ConceptError) as err:
+            msg = str(err)
+            raise TrainingError(msg if msg.startswith(NODE) else f"{NODE}: {msg}") from None
+        rel = os.path.relpath(result.concept_path, folders.output_dir())
+        log.info("Perfusion: trained '%s' (%s) in %.0f s, %d steps, saved %s", trigger, superclass,
+                 result.seconds, len(result.losses), rel)
+        graph = loss_graph(result.losses)
+        return {"ui": {"text": [f"saved {rel}; final loss {sum(result.losses[-20:]) / max(1, len(result.losses[-20:])):.4f}"]},
+                "result": (result.concept, graph, rel)}
+
+
+class _Progress:
+    """UI progress bar (cancel takes effect there too) plus a log line with ETA and step."""
+
+    def __init__(self, total: int, node_id: str | None) -> None:
+        import comfy.utils
+
+        self.bar = comfy.utils.ProgressBar(total, node_id=node_id)
+        self.node_id = node_id
+
+    def __call__(self, step: int, total: int, seconds_per_step: float) -> None:
+        self.bar.update_absolute(step, total)
+        if step == total or step % 10 == 0:
+            eta = seconds_per_step * (total - step)
+            log.info("Perfusion training: step %d/%d, %.2f s/step, ETA %.0f s", step, total, seconds_per_step, eta)
+
+
+NODE_CLASS_MAPPINGS = {NODE: TrainPerfusion}
+NODE_DISPLAY_NAME_MAPPINGS = {NODE: "Train Perfusion Concept"}

@@ -1,0 +1,403 @@
+"""The training loop of TrainPerfusion, run on ComfyUI's own machinery.
+
+Why it is built this way:
+- The concept is installed with the same hooks as at inference
+  (``model_patch.install``); each step the runtime is reloaded with a concept
+  whose value targets ARE the trainable parameters, so gradients reach o*_V
+  through the real projection hooks, and the CLIP clone carries the trainable
+  embedding(s) through the same wrapper tokenizer as at inference.
+- The loop runs as a ``comfy.samplers.Sampler`` inside a stock guider, like
+  core's TrainLoraNode: model loading, object patches, wrappers and cleanup
+  are ComfyUI's. Each micro-batch goes through ``calc_cond_batch``, the
+  function every sampler step uses.
+- ComfyUI runs nodes under ``torch.inference_mode()``, so weights loaded by a
+  node are inference tensors, which autograd refuses to save for backward.
+  They are replaced by ordinary copies of equal value (``thaw``); the base
+  model's values are unchanged and never receive gradients.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from perfusion_core.captions import generate_captions
+from perfusion_core.concept import Concept, Gate
+from perfusion_core.concept_file import save_concept, unique_path
+from perfusion_core.covariance import Whitener
+from perfusion_core.training import (ConceptHeader, ConceptTrainables, TrainingError, TrainingSettings,
+                                     gaussian_noise, latent_weights, masked_diffusion_loss, micro_batch,
+                                     noise_prediction, square_crop)
+from perfusion_core.training_state import read_training_state, restore, save_training_state
+
+from . import folders, host_model, model_patch, statistics
+from .clip_patch import install as install_clip
+from .encoding import last_token_position
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- data
+
+@dataclass
+class TrainingData:
+    """Latents of the training images (N, C, h, w), as the model consumes them, and their
+    horizontal flips; optional loss weights (N, 1, h, w) from masks; a digest for resume checks."""
+
+    latents: torch.Tensor
+    flipped: torch.Tensor
+    weights: torch.Tensor | None
+    digest: str
+
+    def batch(self, indices: torch.Tensor, flips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        pick = flips.view(-1, 1, 1, 1)
+        x0 = torch.where(pick, self.flipped[indices], self.latents[indices])
+        if self.weights is None:
+            return x0, None
+        return x0, torch.where(pick, self.weights[indices].flip(-1), self.weights[indices])
+
+
+def prepare_data(model: Any, vae: Any, images: torch.Tensor, masks: torch.Tensor | None, resolution: int) -> TrainingData:
+    if images.ndim != 4 or images.shape[0] == 0 or images.shape[-1] not in (3, 4):
+        raise TrainingError(f"images: expected a batch of 1-100 RGB images, got shape {tuple(images.shape)}")
+    if images.shape[0] > 100:
+        raise TrainingError(f"images: {images.shape[0]} images; Perfusion trains on 1-10 (at most 100)")
+    pixels = square_crop(images[..., :3], resolution)
+    h = hashlib.sha256(pixels.numpy().tobytes())
+    with torch.no_grad():
+        raw = torch.cat([vae.encode(pixels), vae.encode(pixels.flip(2))]).float()
+    latents = model.model.process_latent_in(raw)
+    n = images.shape[0]
+    weights = None
+    if masks is not None:
+        masks = masks.unsqueeze(0) if masks.ndim == 2 else masks
+        if masks.ndim != 3 or masks.shape[0] not in (1, n):
+            raise TrainingError(f"mask: expected one mask or one per image ({n}), got shape {tuple(masks.shape)}")
+        if masks.shape[1:] != images.shape[1:3]:
+            raise TrainingError(f"mask: size {tuple(masks.shape[1:])} differs from the images' {tuple(images.shape[1:3])}")
+        masks = square_crop(masks.expand(n, -1, -1).unsqueeze(-1), resolution)[..., 0]
+        weights = latent_weights(masks, tuple(latents.shape[-2:]))
+        h.update(weights.numpy().tobytes())
+    return TrainingData(latents=latents[:n], flipped=latents[n:], weights=weights, digest=h.hexdigest()[:16])
+
+
+# ----------------------------------------------------------------------------- host helpers
+
+def thaw(module: torch.nn.Module) -> int:
+    """Replace inference-mode parameters/buffers by equal ordinary tensors; returns how many."""
+    count = 0
+    with torch.inference_mode(False), torch.no_grad():
+        for m in module.modules():
+            for name, p in list(m._parameters.items()):
+                if p is not None and p.is_inference():
+                    m._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=False)
+                    count += 1
+            for name, b in list(m._buffers.items()):
+                if b is not None and b.is_inference():
+                    m._buffers[name] = b.clone()
+                    count += 1
+    return count
+
+
+class CheckpointedForward:
+    """Object patch for a UNet block: recompute its activations in backward (gradient checkpointing)."""
+
+    def __init__(self, base: Callable) -> None:
+        self.base = base
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return torch.utils.checkpoint.checkpoint(self.base, *args, use_reentrant=False, **kwargs)
+
+
+def add_gradient_checkpointing(model: Any) -> None:
+    unet = model.model.diffusion_model
+    names = [f"input_blocks.{i}" for i in range(len(unet.input_blocks))] + ["middle_block"]
+    names += [f"output_blocks.{i}" for i in range(len(unet.output_blocks))]
+    for name in names:
+        key = f"diffusion_model.{name}.forward"
+        model.add_object_patch(key, CheckpointedForward(model.get_model_object(key)))
+
+
+class OutOfPlaceResidual:
+    """Object patch for ComfyUI's ``CLIPLayer.forward``: the same two residual
+    blocks, but ``x = x + f(x)`` instead of ``x += f(x)``. The in-place add
+    overwrites the input that layer norm saved for backward, so gradients could
+    not reach the trigger embedding through the stock layer."""
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        self.layer = layer
+
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor | None = None, optimized_attention: Any = None) -> torch.Tensor:
+        layer = self.layer
+        x = x + layer.self_attn(layer.layer_norm1(x), mask, optimized_attention)
+        return x + layer.mlp(layer.layer_norm2(x))
+
+
+def differentiable_text_encoder(clip: Any) -> None:
+    """Patch every transformer layer of ``clip`` (a private clone) with OutOfPlaceResidual."""
+    from comfy.clip_model import CLIPLayer
+
+    for name, module in clip.cond_stage_model.named_modules():
+        if isinstance(module, CLIPLayer):
+            clip.patcher.add_object_patch(f"{name}.forward", OutOfPlaceResidual(module))
+
+
+def word_embeddings(clip: Any, word: str) -> dict[str, torch.Tensor]:
+    """The input word embedding of ``word`` per tokenizer key (mean over its tokens if several)."""
+    empty = clip.tokenizer.tokenize_with_weights("")
+    with_word = clip.tokenizer.tokenize_with_weights(word)
+    out = {}
+    for key, batches in with_word.items():
+        base = [t[0] for t in empty[key][0]]
+        ids = [t[0] for t in batches[0]]
+        start = next(i for i, (a, b) in enumerate(zip(base, ids)) if a != b)
+        end_token = base[start]
+        stop = ids.index(end_token, start)
+        encoder = getattr(clip.cond_stage_model, f"clip_{key}")
+        table = encoder.transformer.get_input_embeddings().weight
+        out[key] = table[ids[start:stop]].detach().float().mean(0).cpu()
+    return out
+
+
+def trigger_position(tokens: dict) -> int:
+    """Index (BOS counted) where the wrapper tokenizer put the trigger's embedding."""
+    for batches in tokens.values():
+        if isinstance(batches, list):
+            for i, tok in enumerate(batches[0]):
+                if torch.is_tensor(tok[0]):
+                    return i
+    raise TrainingError("trigger_word: the trigger did not reach the tokenizer (prompt too long?)")
+
+
+# ----------------------------------------------------------------------------- the run
+
+@dataclass
+class RunFiles:
+    concept: str          # final concept file (chosen at the start, never overwrites)
+    state: str            # this run's resumable checkpoint
+    checkpoint_every: int
+
+
+@dataclass
+class RunResult:
+    concept: Concept
+    losses: list[float]
+    concept_path: str
+    state_path: str
+    seconds: float
+    resumed_from: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class PerfusionTrainer:
+    """One training run; ``run`` does the loop (inside a stock guider) and saving.
+
+    Build and run it under ``torch.inference_mode(False)``: parameters created in
+    inference mode (ComfyUI's default for node code) can never receive gradients.
+    """
+
+    def __init__(self, model: Any, clip: Any, data: TrainingData, trigger: str, superclass: str,
+                 settings: TrainingSettings, statistics_captions: int, gradient_checkpointing: bool,
+                 files: RunFiles, resume_path: str | None = None,
+                 progress: Callable[[int, int, float], None] | None = None) -> None:
+        self.model, self.data, self.settings, self.files = model, data, settings, files
+        self.trigger, self.superclass = trigger, superclass
+        self.progress = progress
+        self.layers = list(host_model.cross_attention_layers(model))
+        C, stats_id = statistics.clip_statistics(clip, generate_captions(statistics_captions))
+        self.whitener = Whitener(C)
+        self.header = ConceptHeader(trigger=trigger, superclass=superclass, family=host_model.model_family(model),
+                                    text_encoder=host_model.text_encoder_id(clip), statistics=stats_id)
+        self.train_gate = Gate(beta=settings.beta, tau=settings.tau)
+        i_super = self._superclass_encoding(clip)
+        self.trainables = ConceptTrainables(
+            embeddings=word_embeddings(clip, superclass),
+            value_init={layer: host_model.value_weight(model, layer) @ i_super for layer in self.layers},
+            i_super=i_super, timestep_sets=settings.timestep_sets)
+        self.optimizer = self.trainables.optimizer(settings)
+        self.start_step, self.losses = 0, []
+        if resume_path:
+            self._resume(resume_path)
+        # The CLIP clone knows the trigger, with the trainable tensors as its embedding(s).
+        self.clip = install_clip(clip, [self._concept(live=True)], "TrainPerfusion")
+        differentiable_text_encoder(self.clip)
+        self.patched = model_patch.install(model, self.layers, [self._concept(live=True)])
+        if gradient_checkpointing:
+            add_gradient_checkpointing(self.patched)
+        self.runtime, _ = model_patch.find_runtime(self.patched, self.layers)
+        self.positions = [trigger_position(self.clip.tokenize(t.format(trigger))) for t in settings.templates]
+
+    # -- setup -----------------------------------------------------------------
+    def _superclass_encoding(self, clip: Any) -> torch.Tensor:
+        """i_super: mean over the templates of the superclass word's encoding (last token)."""
+        rows = []
+        for template in self.settings.templates:
+            pos = last_token_position(clip.tokenizer, template.split("{}")[0].rstrip(), self.superclass)
+            rows.append(clip.encode_from_tokens(clip.tokenize(template.format(self.superclass)))[0, pos].float().cpu())
+        return torch.stack(rows).mean(0)
+
+    def _u(self) -> torch.Tensor:
+        return self.whitener.solve(self.trainables.i_star.detach()).float()
+
+    def _concept(self, live: bool) -> Concept:
+        gate = self.train_gate if live else Gate()
+        return self.trainables.concept(self.header, self._u(), gate, self._summary(), live=live)
+
+    def _summary(self) -> dict:
+        recent = self.losses[-20:]
+        return {"kind": "perfusion", "steps": len(self.losses), "images": int(self.data.latents.shape[0]),
+                "masked": self.data.weights is not None, "final_loss": sum(recent) / len(recent) if recent else None,
+                "settings": self.settings.resume_key() | {"steps": self.settings.steps}}
+
+    def _state_meta(self) -> dict:
+        return {"settings": self.settings.resume_key(), "data": self.data.digest, "layers": self.layers,
+                "trigger": self.trigger, "superclass": self.superclass, "statistics": self.header.statistics}
+
+    def _resume(self, path: str) -> None:
+        name = os.path.basename(path)
+        tensors, meta = read_training_state(path)
+        mine = self._state_meta()
+        for key, what in (("trigger", "trigger word"), ("superclass", "superclass word"), ("layers", "model layout"),
+                          ("statistics", "text encoder / statistics"), ("data", "training images or masks"),
+                          ("settings", "training settings")):
+            if meta.get(key) != mine[key]:
+                raise TrainingError(f"resume_from: {name} was written for a different {what}; "
+                                    "resume needs the same inputs (only steps may grow)")
+        if int(meta["step"]) > self.settings.steps:
+            raise TrainingError(f"resume_from: {name} is at step {meta['step']}, beyond steps={self.settings.steps}")
+        restore(name, tensors, self.trainables, self.optimizer)
+        self.start_step, self.losses = int(meta["step"]), list(meta.get("losses", []))
+
+    # -- the loop (called by the sampler inside ComfyUI's guider) ---------------
+    def loop(self, base_model: Any, model_options: dict) -> None:
+        import comfy.model_management as mm
+        import comfy.sampler_helpers
+        import comfy.samplers
+
+        s = self.settings
+        self.clip.load_model()
+        thawed = thaw(base_model) + thaw(self.clip.cond_stage_model)
+        if thawed:
+            log.info("Perfusion training: %d inference-mode tensors copied for autograd", thawed)
+        device = self.patched.load_device
+        sampling = base_model.model_sampling
+        # Copies made here are ordinary tensors even if the inputs came from inference mode.
+        data = TrainingData(self.data.latents.to(device).clone(), self.data.flipped.to(device).clone(),
+                            None if self.data.weights is None else self.data.weights.to(device).clone(),
+                            self.data.digest)
+        started = time.monotonic()
+        for step in range(self.start_step, s.steps):
+            encodings, step_loss = [], 0.0
+            for micro in range(s.grad_accumulation):
+                mm.throw_exception_if_processing_interrupted()
+                draw = micro_batch(s, step, micro, int(data.latents.shape[0]))
+                self.runtime.load([self._concept(live=True)])
+                out = self.clip.encode_from_tokens(self.clip.tokenize(s.templates[draw.template].format(self.trigger)),
+                                                   return_pooled=True, return_dict=True)
+                cond = out.pop("cond")
+                encodings.append(cond[0, self.positions[draw.template]].detach().float())
+                x0, weight = data.batch(draw.images.to(device), draw.flips.to(device))
+                noise = gaussian_noise(tuple(x0.shape), draw.noise_seed).to(device)
+                sigma = sampling.sigma(draw.timesteps.float()).to(device)
+                x_t = sampling.noise_scaling(sigma, noise.clone(), x0)
+                conds = comfy.samplers.encode_model_conds(
+                    base_model.extra_conds, comfy.sampler_helpers.convert_cond([[cond, out]]), x_t, device,
+                    "positive", latent_image=x0, seed=draw.noise_seed)
+                self.runtime.step = self.runtime.step_state(sigma, sampling)  # held through backward recomputation
+                try:
+                    denoised = comfy.samplers.calc_cond_batch(base_model, [conds], x_t, sigma, model_options)[0]
+                    loss = masked_diffusion_loss(noise_prediction(x_t, denoised, sigma), noise, weight)
+                    (loss / s.grad_accumulation).backward()
+                finally:
+                    self.runtime.step = None
+                step_loss += float(loss.detach()) / s.grad_accumulation
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.trainables.update_i_star(torch.stack(encodings), s.i_star_decay)
+            self.trainables.check_finite()
+            self.losses.append(step_loss)
+            done = step + 1
+            if self.files.checkpoint_every and done % self.files.checkpoint_every == 0 and done < s.steps:
+                self.save_state()
+            if self.progress is not None:
+                self.progress(done, s.steps, (time.monotonic() - started) / (done - self.start_step))
+
+    # -- saving ------------------------------------------------------------------
+    def save_state(self) -> str:
+        return str(save_training_state(self.files.state, self.trainables, self.optimizer, len(self.losses),
+                                       self.losses, self._state_meta()))
+
+    def final_concept(self) -> Concept:
+        return self._concept(live=False)
+
+    def run(self) -> RunResult:
+        import comfy.model_management as mm
+        import comfy.samplers
+
+        started = time.monotonic()
+        trainer = self
+
+        class _TrainSampler(comfy.samplers.Sampler):
+            def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None,
+                       denoise_mask=None, disable_pbar=False):
+                trainer.loop(model_wrap.inner_model, extra_args["model_options"])
+                return torch.zeros_like(latent_image)
+
+        frozen = self._freeze_base()
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                guider = comfy.samplers.CFGGuider(self.patched)
+                out = self.clip.encode_from_tokens(self.clip.tokenize(self.superclass), return_pooled=True,
+                                                   return_dict=True)
+                guider.inner_set_conds({"positive": [[out.pop("cond").detach(), out]]})
+                guider.set_cfg(1.0)
+                shape = (1,) + tuple(self.data.latents.shape[1:])
+                guider.sample(torch.zeros(shape), torch.zeros(shape), _TrainSampler(), torch.ones(2), seed=self.settings.seed)
+        except mm.InterruptProcessingException:
+            self._save_interrupted()
+            raise
+        finally:
+            self._restore_base(frozen)
+        concept = self.final_concept()
+        path = str(save_concept(concept, unique_path(self.files.concept)))
+        state = self.save_state()
+        return RunResult(concept=concept, losses=list(self.losses), concept_path=path, state_path=state,
+                         seconds=time.monotonic() - started, resumed_from=self.start_step)
+
+    def _save_interrupted(self) -> None:
+        """Keep what was learned: a resumable checkpoint and a usable concept file."""
+        if not self.losses:
+            return
+        state = self.save_state()
+        stem, ext = os.path.splitext(self.files.concept)
+        path = save_concept(self.final_concept(), unique_path(f"{stem}_step{len(self.losses):05d}{ext}"))
+        log.warning("Perfusion training interrupted at step %d: checkpoint %s (resume_from), concept %s",
+                    len(self.losses), state, path)
+
+    def _freeze_base(self) -> list[tuple[torch.nn.Parameter, bool]]:
+        params = list(self.model.model.parameters()) + list(self.clip.cond_stage_model.parameters())
+        flags = [(p, p.requires_grad) for p in params]
+        for p in params:
+            p.requires_grad_(False)
+        return flags
+
+    @staticmethod
+    def _restore_base(flags: list[tuple[torch.nn.Parameter, bool]]) -> None:
+        for p, flag in flags:
+            with torch.inference_mode(p.is_inference()):  # inference tensors only take the flag in that mode
+                p.requires_grad_(flag)
+
+
+def run_files(output_name: str, checkpoint_every: int) -> RunFiles:
+    """Fresh names in the perfusion folder for this run's concept and checkpoint."""
+    concept = unique_path(os.path.join(folders.output_dir(), f"{output_name}.safetensors"))
+    state_dir = os.path.join(folders.output_dir(), folders.TRAINING_SUBFOLDER)
+    state = unique_path(os.path.join(state_dir, f"{concept.stem}.safetensors"))
+    return RunFiles(concept=str(concept), state=str(state), checkpoint_every=checkpoint_every)
+

@@ -1,0 +1,229 @@
+"""Training a concept (method notes §5, §6, §8 S2): what is trained, the
+objective, and the per-step randomness. Plain torch; the host-side loop lives
+in ``nodes/training.py``.
+
+Trained: the trigger's word embedding per text encoder and the value targets
+o*_V of every layer (S copies for S timestep-interval sets). Maintained, not
+trained: i* (EMA of the trigger's encoding, decay 0.99) and i_super (the
+superclass encoding; the key target W_K i_super is recomputed on the model).
+Everything random in a step comes from a generator seeded by (seed, step,
+micro-batch), so a run resumed at step k draws exactly what an uninterrupted
+run draws from step k on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, reduce
+
+from .concept import Concept, ConceptError, Gate, TextEncoderId
+
+# Reference-implementation style templates; "{}" is the trigger (or the superclass).
+PROMPT_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
+    "a photo of a clean {}", "a photo of my {}", "a close-up photo of a {}", "a bright photo of the {}",
+    "a good photo of the {}", "a photo of one {}", "a {} shown in a photo", "a dark photo of the {}",
+)
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+class TrainingError(ValueError):
+    """A training input is unusable; the message names the input and the problem."""
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Everything that determines a run besides the data and the model (recipe in method notes §6)."""
+
+    steps: int = 400
+    batch_size: int = 4
+    grad_accumulation: int = 4
+    lr_values: float = 0.03
+    lr_embedding: float = 0.006
+    beta: float = 0.75
+    tau: float = 0.1
+    seed: int = 0
+    resolution: int = 512
+    timestep_sets: int = 1
+    i_star_decay: float = 0.99
+    flip_probability: float = 0.5
+    templates: tuple[str, ...] = PROMPT_TEMPLATES
+
+    def problems(self) -> list[str]:
+        """Every invalid field, phrased for the user (empty when all are valid)."""
+        out = []
+        for name, low, high in (("steps", 1, 100_000), ("batch_size", 1, 64), ("grad_accumulation", 1, 64),
+                                ("timestep_sets", 1, 16)):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and low <= value <= high):
+                out.append(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+        for name in ("lr_values", "lr_embedding"):
+            value = getattr(self, name)
+            if not (0.0 < value <= 1.0):
+                out.append(f"{name} must be in (0, 1], got {value!r} (the recipe uses 0.03 / 0.006)")
+        if not (-1.0 <= self.beta <= 2.0):
+            out.append(f"beta must be in [-1, 2], got {self.beta!r}")
+        if not (0.001 <= self.tau <= 1.0):
+            out.append(f"tau must be in [0.001, 1], got {self.tau!r}")
+        if not (isinstance(self.resolution, int) and 64 <= self.resolution <= 2048 and self.resolution % 64 == 0):
+            out.append(f"resolution must be a multiple of 64 in [64, 2048], got {self.resolution!r}")
+        if not (0.0 < self.i_star_decay < 1.0):
+            out.append(f"i_star_decay must be in (0, 1), got {self.i_star_decay!r}")
+        if not (0.0 <= self.flip_probability <= 1.0):
+            out.append(f"flip_probability must be in [0, 1], got {self.flip_probability!r}")
+        if not self.templates or any(t.count("{}") != 1 for t in self.templates):
+            out.append("every prompt template must contain '{}' exactly once")
+        return out
+
+    def resume_key(self) -> dict:
+        """Fields a resumed run must share with the run that wrote the checkpoint (all but ``steps``)."""
+        key = dataclasses.asdict(self)
+        key.pop("steps")
+        key["templates"] = list(self.templates)
+        return key
+
+
+# ----------------------------------------------------------------------------- per-step randomness
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """What one micro-batch draws: image indices (B,), flips (B,), one template, timesteps (B,), noise seed."""
+
+    images: torch.Tensor
+    flips: torch.Tensor
+    template: int
+    timesteps: torch.Tensor
+    noise_seed: int
+
+
+def _generator(seed: int, *path: int) -> torch.Generator:
+    digest = hashlib.sha256(repr((seed, *path)).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def micro_batch(settings: TrainingSettings, step: int, micro: int, num_images: int) -> MicroBatch:
+    """The draws of micro-batch ``micro`` of optimizer step ``step`` (independent of what ran before)."""
+    g = _generator(settings.seed, step, micro)
+    b = settings.batch_size
+    images = torch.randperm(num_images, generator=g)[:b] if b <= num_images else torch.randint(num_images, (b,), generator=g)
+    flips = torch.rand(b, generator=g) < settings.flip_probability
+    template = int(torch.randint(len(settings.templates), (1,), generator=g))
+    timesteps = torch.randint(NUM_TRAIN_TIMESTEPS, (b,), generator=g)
+    noise_seed = int(torch.randint(2**62, (1,), generator=g))
+    return MicroBatch(images=images, flips=flips, template=template, timesteps=timesteps, noise_seed=noise_seed)
+
+
+def gaussian_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Standard normal noise (method notes §9: Gaussian, never uniform), on CPU for reproducibility."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+# ----------------------------------------------------------------------------- objective
+
+def noise_prediction(x_t: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The model's noise estimate from its x0 estimate: (x_t - x0_hat) / sigma.
+
+    Holds for epsilon and v prediction alike, because ComfyUI noises both as
+    x_t = x0 + sigma * noise and returns the x0 estimate from apply_model.
+    """
+    return (x_t - denoised) / rearrange(sigma, "b -> b 1 1 1")
+
+
+def masked_diffusion_loss(pred_noise: torch.Tensor, noise: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """mean(weight * (pred - noise)^2); weight (B, 1, h, w) in [0, 1] or None (uniform)."""
+    err = (pred_noise.float() - noise.float()) ** 2
+    return err.mean() if weight is None else (err * weight.float()).mean()
+
+
+def latent_weights(masks: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
+    """Masks (N, H, W) in [0, 1] -> loss weights (N, 1, h, w): area-resized, each divided by its max."""
+    weights = F.interpolate(rearrange(masks.float(), "n h w -> n 1 h w"), size=latent_hw, mode="area")
+    peak = reduce(weights, "n 1 h w -> n", "max")
+    empty = (peak <= 0).nonzero().flatten().tolist()
+    if empty:
+        raise TrainingError(f"mask: the mask of image(s) {empty} is empty at the latent resolution {latent_hw}")
+    return weights / rearrange(peak, "n -> n 1 1 1")
+
+
+def square_crop(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(N, H, W, C) -> (N, resolution, resolution, C): shorter side resized to ``resolution``, centre crop."""
+    n, h, w, c = images.shape
+    scale = resolution / min(h, w)
+    size = (max(resolution, round(h * scale)), max(resolution, round(w * scale)))
+    x = rearrange(images.float(), "n h w c -> n c h w")
+    if size != (h, w):
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    top, left = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+    x = x[:, :, top:top + resolution, left:left + resolution]
+    return rearrange(x, "n c h w -> n h w c").clamp(0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------- what is trained
+
+@dataclass(frozen=True)
+class ConceptHeader:
+    """The non-tensor identity of a concept in training."""
+
+    trigger: str
+    superclass: str
+    family: str
+    text_encoder: TextEncoderId
+    statistics: str
+
+
+class ConceptTrainables(torch.nn.Module):
+    """Trainable embeddings and value targets, plus the i*/i_super buffers.
+
+    layers    names of the cross-attention layers, in a fixed order
+    values    ParameterList, values[k] (S, d_out) = o*_V of layers[k] per interval set
+    embedding ParameterDict, tokenizer key -> (dim,) trigger word embedding
+    i_star, i_super (D,) buffers
+    """
+
+    def __init__(self, embeddings: dict[str, torch.Tensor], value_init: dict[str, torch.Tensor],
+                 i_super: torch.Tensor, timestep_sets: int) -> None:
+        super().__init__()
+        self.layers = list(value_init)
+        self.values = torch.nn.ParameterList(
+            [torch.nn.Parameter(value_init[k].detach().float().reshape(1, -1).repeat(timestep_sets, 1))
+             for k in self.layers])
+        self.embedding = torch.nn.ParameterDict(
+            {key: torch.nn.Parameter(t.detach().float().clone()) for key, t in sorted(embeddings.items())})
+        self.register_buffer("i_super", i_super.detach().float().clone())
+        self.register_buffer("i_star", i_super.detach().float().clone())  # init: i* = superclass encoding
+
+    def optimizer(self, settings: TrainingSettings) -> torch.optim.AdamW:
+        # No weight decay: it would pull o*_V towards zero, i.e. towards "no value at all",
+        # rather than towards the superclass value the targets start from.
+        return torch.optim.AdamW([
+            {"params": list(self.values), "lr": settings.lr_values},
+            {"params": list(self.embedding.values()), "lr": settings.lr_embedding},
+        ], weight_decay=0.0)
+
+    @torch.no_grad()
+    def update_i_star(self, trigger_encodings: torch.Tensor, decay: float) -> None:
+        """i* <- decay i* + (1 - decay) mean(encodings at the trigger position); (M, D) -> ()."""
+        mean = reduce(trigger_encodings.detach().float().to(self.i_star.device), "m d -> d", "mean")
+        self.i_star.mul_(decay).add_(mean, alpha=1.0 - decay)
+
+    def concept(self, header: ConceptHeader, u: torch.Tensor, gate: Gate, training: dict | None = None,
+                live: bool = True) -> Concept:
+        """The concept as the runtime sees it. ``live``: tensors are the parameters themselves
+        (gradients flow into them); otherwise detached float32 copies."""
+        grab = (lambda t: t) if live else (lambda t: t.detach().float().cpu().clone())
+        return Concept(
+            trigger=header.trigger, superclass=header.superclass, family=header.family,
+            text_encoder=header.text_encoder, i_star=grab(self.i_star), u=grab(u), i_super=grab(self.i_super),
+            v_targets={k: grab(v) for k, v in zip(self.layers, self.values)},
+            embeddings={k: grab(v) for k, v in self.embedding.items()},
+            gate=gate, statistics=header.statistics, training=dict(training or {}))
+
+    def check_finite(self) -> None:
+        for name, t in self.state_dict().items():
+            if not bool(torch.isfinite(t).all()):
+                raise ConceptError(f"training diverged: {name} is no longer finite (lower the learning rates)")

@@ -1,0 +1,296 @@
+"""TrainPerfusion in the real host: tiny SD1.5 checkpoint loaded the way a server loads it
+(under torch.inference_mode), the bundled teddy images at 64 px."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from PIL import Image
+
+from perfusion_core.concept_file import load_concept
+from perfusion_core.training import TrainingError
+from tools.sample_images import IMAGES_DIR
+
+STATS_CAPTIONS = 300
+RESOLUTION = 64
+
+
+def load_images(masks: bool = False) -> torch.Tensor:
+    names = sorted(p for p in IMAGES_DIR.glob("teddy_?.png"))
+    if masks:
+        names = [p.with_name(p.stem + "_mask.png") for p in names]
+    arrays = [np.asarray(Image.open(p).convert("L" if masks else "RGB"), dtype=np.float32) / 255.0 for p in names]
+    return torch.from_numpy(np.stack(arrays))
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_sd1_checkpoint: Path):
+    """(model, clip, vae) from the stock checkpoint loader, in inference mode like a node."""
+    import comfy.sd
+
+    with torch.inference_mode():
+        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(tiny_sd1_checkpoint), output_vae=True,
+                                                                    output_clip=True)
+    return model, clip, vae
+
+
+def train(pack, pipeline, model=None, inference_mode: bool = True, **overrides):
+    """Run the TrainPerfusion node as ComfyUI does (inside inference mode); returns its result tuple."""
+    base_model, clip, vae = pipeline
+    kwargs = dict(images=load_images(), trigger_word="zorb", superclass="teddy", steps=4, batch_size=2,
+                  grad_accumulation=1, lr_values=0.03, lr_embedding=0.006, train_beta=0.75, train_tau=0.1, seed=0,
+                  resolution=RESOLUTION, timestep_sets=1, gradient_checkpointing=False, mask_source="none",
+                  checkpoint_every=0, output_name="test_concept", statistics_captions=STATS_CAPTIONS)
+    kwargs.update(overrides)
+    node = pack.nodes.nodes_train.TrainPerfusion()
+    with torch.inference_mode(inference_mode):
+        return node.train(model or base_model, clip, vae, **kwargs)["result"]
+
+
+def perfusion_path(name: str) -> str:
+    import folder_paths
+
+    return folder_paths.get_full_path_or_raise("perfusion", name)
+
+
+# -- what training may touch ----------------------------------------------------------------------
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    with torch.inference_mode():
+        return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_base_untouched_and_only_concept_trained(pack, pipeline):
+    model, clip, _ = pipeline
+    unet_before, clip_before = snapshot(model.model), snapshot(clip.cond_stage_model)
+    concept, graph, name = train(pack, pipeline, steps=3)
+    for before, module in ((unet_before, model.model), (clip_before, clip.cond_stage_model)):
+        after = module.state_dict()
+        assert before.keys() == after.keys()
+        changed = [k for k in before if not torch.equal(before[k], after[k])]
+        assert not changed, f"base weights changed: {changed[:3]}"
+        assert all(p.grad is None for p in module.parameters()), "the base model received gradients"
+    assert not model.object_patches and not clip.patcher.object_patches
+    assert graph.shape[0] == 1 and graph.shape[-1] == 3
+    init = pack.nodes.training.word_embeddings(clip, "teddy")["l"]
+    assert not torch.equal(concept.embeddings["l"], init), "the embedding was not trained"
+    layers = pack.nodes.host_model.cross_attention_layers(model)
+    assert set(concept.v_targets) == set(layers)
+    loaded = load_concept(perfusion_path(name))
+    assert torch.allclose(loaded.v_targets[next(iter(layers))].float(),
+                          concept.v_targets[next(iter(layers))], atol=1e-2)
+    assert os.path.getsize(perfusion_path(name)) < 64 * 1024
+
+
+def test_text_encoder_patch_matches_stock_encoding(pack, pipeline):
+    """The out-of-place CLIP layer used for training gives bit-identical encodings."""
+    _, clip, _ = pipeline
+    tokens = clip.tokenize("a photo of a teddy on the grass")
+    stock = clip.encode_from_tokens(tokens)
+    patched = clip.clone()
+    pack.nodes.training.differentiable_text_encoder(patched)
+    assert any(k.endswith("layers.0.forward") for k in patched.patcher.object_patches)
+    assert torch.equal(patched.encode_from_tokens(tokens), stock)
+
+
+# -- it learns, and the lock holds -------------------------------------------------------------------
+
+
+def denoising_loss(model, clip, vae, prompt: str, images: torch.Tensor, draws: int = 6) -> float:
+    """Mean noise-prediction error on ``images`` at fixed timesteps and noise, through a stock guider."""
+    import comfy.samplers
+    import nodes as comfy_nodes
+
+    from perfusion_core.training import square_crop
+
+    with torch.inference_mode():
+        latents = vae.encode(square_crop(images, RESOLUTION)).float()
+        positive = comfy_nodes.CLIPTextEncode().encode(clip, prompt)[0]
+    result = {}
+
+    class Probe(comfy.samplers.Sampler):
+        def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+                   disable_pbar=False):
+            sampling = model_wrap.inner_model.model_sampling
+            gen = torch.Generator().manual_seed(1234)
+            losses = []
+            for t in torch.linspace(50, 950, draws):
+                sigma = sampling.sigma(t.reshape(1)).expand(latent_image.shape[0])
+                eps = torch.randn(latent_image.shape, generator=gen)
+                x_t = latent_image + eps * sigma.view(-1, 1, 1, 1)
+                denoised = model_wrap(x_t, sigma, **extra_args)
+                losses.append(float((((x_t - denoised) / sigma.view(-1, 1, 1, 1) - eps) ** 2).mean()))
+            result["loss"] = sum(losses) / len(losses)
+            return latent_image
+
+    guider = comfy.samplers.CFGGuider(model)
+    guider.inner_set_conds({"positive": positive})
+    guider.set_cfg(1.0)
+    with torch.inference_mode():
+        guider.sample(torch.zeros_like(latents), latents, Probe(), torch.ones(2), seed=0)
+    return result["loss"]
+
+
+def gated(pack, pipeline, concept, beta=0.75, tau=0.1):
+    model, clip, _ = pipeline
+    gate = pack.nodes.nodes_concept.ConceptGate().gate(concept, beta, tau, 1.0, 0.0, 1.0, "local")[0]
+    return pack.nodes.nodes_apply.ApplyKeyLockedEdit().apply(model, clip, gate)
+
+
+@pytest.fixture(scope="module")
+def trained(pack, pipeline):
+    """50 optimizer steps (batch 2) on the four teddy images, masked loss."""
+    concept, _, name = train(pack, pipeline, steps=50, mask=load_images(masks=True), mask_source="mask input if connected",
+                             output_name="trained50")
+    return concept, name
+
+
+def test_denoising_loss_falls_within_50_steps(pack, pipeline, trained):
+    model, clip, vae = pipeline
+    images = load_images()
+    before = denoising_loss(model, clip, vae, "a photo of a teddy", images)  # = the untrained starting point
+    pmodel, pclip = gated(pack, pipeline, trained[0])
+    after = denoising_loss(pmodel, pclip, vae, "a photo of a zorb", images)
+    print(f"denoising loss on the training images: superclass {before:.4f}, trained concept {after:.4f}")
+    assert after < 0.95 * before  # measured: 1.331 -> 1.193 (-10%)
+
+
+@pytest.fixture(scope="module")
+def trained_long(pack, pipeline):
+    """150 single-image steps: long enough for the i* EMA (decay 0.99) to track the trigger's encoding."""
+    return train(pack, pipeline, steps=150, batch_size=1, output_name="trained150")[0]
+
+
+def test_key_lock_holds_after_training(pack, pipeline, trained_long):
+    """The trained concept's K edit maps i* onto the superclass key W_K i_super (scaled by the open
+    gate), and pulls the trigger token's key in a real prompt towards it."""
+    model, clip, _ = pipeline
+    concept = trained_long
+    pmodel, pclip = gated(pack, pipeline, concept, beta=0.75, tau=0.1)
+    cosine = torch.nn.functional.cosine_similarity
+    pos = pack.nodes.encoding.last_token_position(clip.tokenizer, "a photo of a", "teddy")
+    cond = pclip.encode_from_tokens(pclip.tokenize("a photo of a zorb"))
+    open_gate = torch.sigmoid(torch.tensor((1.0 - 0.75) / 0.1))
+    for layer in pack.nodes.host_model.cross_attention_layers(model):
+        hook = pmodel.object_patches[f"diffusion_model.{layer}.to_k.forward"]
+        with torch.no_grad():
+            k_super = hook.base_forward(concept.i_super[None, None])[0, 0]
+            k_istar = hook(concept.i_star[None, None])[0, 0]
+            k_trigger, k_unlocked = hook(cond)[0, pos], hook.base_forward(cond)[0, pos]
+        assert torch.allclose(k_istar, open_gate * k_super, rtol=1e-3, atol=1e-4 * k_super.norm())
+        locked, unlocked = cosine(k_trigger, k_super, dim=0), cosine(k_unlocked, k_super, dim=0)
+        print(f"{layer}: cos(trigger key, superclass key) {locked:.3f} locked vs {unlocked:.3f} unlocked")
+        assert locked > unlocked + 0.1
+
+
+# -- reproducible, resumable -------------------------------------------------------------------------
+
+
+def test_same_seed_same_bytes(pack, pipeline):
+    a = train(pack, pipeline, steps=2, output_name="repro")[2]
+    b = train(pack, pipeline, steps=2, output_name="repro")[2]
+    assert a != b, "the second run must not overwrite the first file"
+    assert Path(perfusion_path(a)).read_bytes() == Path(perfusion_path(b)).read_bytes()
+
+
+def test_interrupt_then_resume_is_bit_identical(pack, pipeline):
+    import comfy.model_management as mm
+    import comfy.utils
+
+    straight = train(pack, pipeline, steps=4, output_name="straight")[2]
+
+    def cancel_after_two(value, total, preview, node_id=None):
+        mm.throw_exception_if_processing_interrupted()
+        if value == 2:
+            mm.interrupt_current_processing(True)  # what the UI's cancel button does
+
+    comfy.utils.set_progress_bar_global_hook(cancel_after_two)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            train(pack, pipeline, steps=4, output_name="cancelled")
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+        mm.interrupt_current_processing(False)
+    partial = load_concept(perfusion_path("cancelled_step00002.safetensors"))
+    assert partial.training["steps"] == 2, "the interrupted run keeps a usable concept"
+    checkpoints = pack.nodes.folders.training_checkpoints()
+    state = next(c for c in checkpoints if Path(c).stem == "cancelled")
+    assert state not in pack.nodes.folders.concept_files()
+    resumed = train(pack, pipeline, steps=4, output_name="resumed", resume_from=state)[2]
+    assert Path(perfusion_path(resumed)).read_bytes() != b""
+    a, b = (load_concept(perfusion_path(n)) for n in (straight, resumed))
+    for layer in a.v_targets:
+        assert torch.equal(a.v_targets[layer], b.v_targets[layer])
+    assert torch.equal(a.embeddings["l"], b.embeddings["l"]) and torch.equal(a.i_star, b.i_star)
+    with pytest.raises(TrainingError, match="resume_from: .*different training settings"):
+        train(pack, pipeline, steps=4, lr_values=0.01, output_name="bad_resume", resume_from=state)
+
+
+# -- variants ----------------------------------------------------------------------------------------
+
+
+def test_timestep_sets_train_only_the_drawn_intervals(pack, pipeline):
+    from perfusion_core.training import TrainingSettings, micro_batch
+
+    sets = 4
+    concept = train(pack, pipeline, steps=1, timestep_sets=sets)[0]
+    settings = TrainingSettings(steps=1, batch_size=2, grad_accumulation=1, resolution=RESOLUTION, timestep_sets=sets)
+    drawn = {int(t) * sets // 1000 for t in micro_batch(settings, 0, 0, 4).timesteps}
+    layer = next(iter(concept.v_targets))
+    init = pack.nodes.host_model.value_weight(pipeline[0], layer) @ concept.i_super
+    for s in range(sets):
+        moved = not torch.allclose(concept.v_targets[layer][s], init, atol=1e-6)
+        assert moved == (s in drawn), f"set {s}: moved={moved}, drawn sets {sorted(drawn)}"
+
+
+def test_trains_on_fp8_loaded_base(pack, pipeline, tmp_path_factory, tiny_sd1_checkpoint):
+    import folder_paths
+    import nodes as comfy_nodes
+
+    from tools import random_models as rm
+
+    folder = tmp_path_factory.mktemp("diffusion_models_train")
+    with safetensors.safe_open(str(tiny_sd1_checkpoint), "pt") as f:
+        unet = {k[len(rm.UNET_PREFIX):]: f.get_tensor(k) for k in f.keys() if k.startswith(rm.UNET_PREFIX)}  # noqa: SIM118
+    safetensors.torch.save_file(unet, str(folder / "train_unet.safetensors"))
+    folder_paths.add_model_folder_path("diffusion_models", str(folder))
+    with torch.inference_mode():
+        fp8 = comfy_nodes.UNETLoader().load_unet("train_unet.safetensors", "fp8_e4m3fn")[0]
+    layer = next(iter(pack.nodes.host_model.cross_attention_layers(fp8)))
+    assert fp8.get_model_object(f"diffusion_model.{layer}.to_v").weight.dtype == torch.float8_e4m3fn
+    concept = train(pack, pipeline, model=fp8, steps=2, output_name="fp8")[0]
+    assert all(torch.isfinite(v).all() for v in concept.v_targets.values())
+    assert fp8.get_model_object(f"diffusion_model.{layer}.to_v").weight.dtype == torch.float8_e4m3fn
+
+
+def test_gradient_checkpointing_gives_the_same_concept(pack, pipeline):
+    plain = train(pack, pipeline, steps=2, output_name="ckpt_off")[0]
+    ckpt = train(pack, pipeline, steps=2, gradient_checkpointing=True, output_name="ckpt_on")[0]
+    for layer in plain.v_targets:
+        assert torch.allclose(plain.v_targets[layer], ckpt.v_targets[layer], atol=1e-5)
+
+
+# -- clear errors ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"trigger_word": "teddy"}, "trigger_word equals the superclass"),
+    ({"trigger_word": "  "}, "trigger_word is empty"),
+    ({"superclass": "te(ddy"}, "superclass .* prompt-syntax"),
+    ({"images": torch.zeros(0, 64, 64, 3)}, "images: expected a batch"),
+    ({"mask": torch.ones(4, 32, 32), "mask_source": "mask input if connected"}, "mask: size"),
+    ({"mask": torch.zeros(4, 128, 128), "mask_source": "mask input if connected"}, "mask: the mask of image"),
+    ({"steps": 0}, "steps must be"),
+    ({"lr_values": 50.0}, "lr_values must be"),
+    ({"output_name": "../evil"}, "output_name must be a plain file name"),
+    ({"resume_from": "training/nope.safetensors"}, "resume_from .* not found"),
+])
+def test_bad_inputs_are_named(pack, pipeline, overrides, message):
+    with pytest.raises(TrainingError, match=message):
+        train(pack, pipeline, **overrides)
