@@ -237,7 +237,8 @@ def check_train_concept(server: ComfyServer, object_info: dict[str, Any], concep
     graph, image = sorted(run.images, key=lambda im: im.size[0], reverse=True)
     assert graph.size == (512, 256)
     assert_real_image(image, SIZE)
-    assert run.hooks() == [(1, [wf.TRIGGER], TINY_SD1_LAYERS, 2 * TINY_SD1_LAYERS)]
+    # Logged twice: by the trainer's own install of the hooks, then by ApplyKeyLockedEdit.
+    assert run.hooks() == [(1, [wf.TRIGGER], TINY_SD1_LAYERS, 2 * TINY_SD1_LAYERS)] * 2
     concept = load_concept(server.models_dir / "perfusion" / f"{wf.TRAINED_CONCEPT}.safetensors")
     assert (concept.trigger, concept.superclass, concept.training["steps"]) == (wf.TRIGGER, wf.SUPERCLASS, wf.TRAIN_STEPS)
     assert set(concept.embeddings) == {"l"}
