@@ -178,7 +178,6 @@ class _Progress:
         import comfy.utils
 
         self.bar = comfy.utils.ProgressBar(total, node_id=node_id)
-        self.node_id = node_id
 
     def __call__(self, step: int, total: int, seconds_per_step: float) -> None:
         self.bar.update_absolute(step, total)

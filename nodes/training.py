@@ -38,7 +38,7 @@ from perfusion_core.training_state import read_training_state, restore, save_tra
 
 from . import folders, host_model, model_patch, statistics
 from .clip_patch import install as install_clip
-from .encoding import last_token_position
+from .encoding import encode_word
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +224,7 @@ class PerfusionTrainer:
         self.start_step, self.losses = 0, []
         if resume_path:
             self._resume(resume_path)
+        self.u = self._u()  # C^-1 i*; changes only when i* does (once per optimizer step)
         # The CLIP clone knows the trigger, with the trainable tensors as its embedding(s).
         self.clip = install_clip(clip, [self._concept(live=True)], "TrainPerfusion")
         differentiable_text_encoder(self.clip)
@@ -236,18 +237,15 @@ class PerfusionTrainer:
     # -- setup -----------------------------------------------------------------
     def _superclass_encoding(self, clip: Any) -> torch.Tensor:
         """i_super: mean over the templates of the superclass word's encoding (last token)."""
-        rows = []
-        for template in self.settings.templates:
-            pos = last_token_position(clip.tokenizer, template.split("{}")[0].rstrip(), self.superclass)
-            rows.append(clip.encode_from_tokens(clip.tokenize(template.format(self.superclass)))[0, pos].float().cpu())
-        return torch.stack(rows).mean(0)
+        return torch.stack([encode_word(clip, t, self.superclass) for t in self.settings.templates]).mean(0)
 
     def _u(self) -> torch.Tensor:
         return self.whitener.solve(self.trainables.i_star.detach()).float()
 
     def _concept(self, live: bool) -> Concept:
-        gate = self.train_gate if live else Gate()
-        return self.trainables.concept(self.header, self._u(), gate, self._summary(), live=live)
+        if live:  # what the hooks see while training: the parameters themselves, the training gate
+            return self.trainables.concept(self.header, self.u, self.train_gate)
+        return self.trainables.concept(self.header, self.u, Gate(), self._summary(), live=False)
 
     def _summary(self) -> dict:
         recent = self.losses[-20:]
@@ -320,6 +318,7 @@ class PerfusionTrainer:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.trainables.update_i_star(torch.stack(encodings), s.i_star_decay)
+            self.u = self._u()
             self.trainables.check_finite()
             self.losses.append(step_loss)
             done = step + 1

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from perfusion_core.concept import ConceptError
+from host_helpers import apply, word_edit_of
 
 
 def sample(model, clip, prompt: str, seed: int = 0, steps: int = 1, negative: str | None = None) -> torch.Tensor:
@@ -20,21 +21,9 @@ def sample(model, clip, prompt: str, seed: int = 0, steps: int = 1, negative: st
     return out[0]["samples"].clone()
 
 
-STATS_CAPTIONS = 300  # enough for a stable C of the tiny encoders; keeps the suite fast
-
-
-def word_edit_of(pack, model, clip, trigger="cat", target="dog"):
-    return pack.nodes.nodes_word_edit.PerfusionWordEdit().build(model, clip, trigger, target, "a photo of a {}",
-                                                                STATS_CAPTIONS)[0]
-
-
 @pytest.fixture(scope="module")
 def word_edit(pack, tiny_sd1):
     return word_edit_of(pack, *tiny_sd1)
-
-
-def apply(pack, model, clip, concept, **kw):
-    return pack.nodes.nodes_apply.ApplyKeyLockedEdit().apply(model, clip, concept, **kw)
 
 
 def test_hooks_every_cross_attention_projection(pack, tiny_sd1, word_edit):

@@ -21,33 +21,12 @@ import safetensors.torch
 import torch
 
 import nodes as comfy_nodes
+from host_helpers import apply, encode, ksample, word_edit_of
 from tools import random_models as rm
 
-STATS_CAPTIONS = 300  # same corpus size as test_apply_edit.py: the cached C is shared
 PROMPT = "a photo of a cat"
 TRIGGER_POSITION = 5  # "cat" in PROMPT, BOS counted
 SHARP = {"tau": 1e-4, "beta": 0.5}  # gate fully open at r = 1 and shut far below: exact key lock
-
-
-def word_edit_of(pack: Any, model: Any, clip: Any, trigger: str = "cat", target: str = "dog") -> Any:
-    return pack.nodes.nodes_word_edit.PerfusionWordEdit().build(model, clip, trigger, target, "a photo of a {}",
-                                                                STATS_CAPTIONS)[0]
-
-
-def apply(pack: Any, model: Any, clip: Any, concept: Any) -> tuple[Any, Any]:
-    return pack.nodes.nodes_apply.ApplyKeyLockedEdit().apply(model, clip, concept)
-
-
-def encode(clip: Any, text: str) -> list:
-    return comfy_nodes.CLIPTextEncode().encode(clip, text)[0]
-
-
-def run(model: Any, positive: list, negative: list, cfg: float = 1.0, steps: int = 1, seed: int = 0) -> torch.Tensor:
-    """One deterministic KSampler run (euler, normal) on an 8x8 latent."""
-    latent = {"samples": torch.zeros(1, 4, 8, 8)}
-    out = comfy_nodes.common_ksampler(model, seed, steps, cfg, "euler", "normal", positive, negative, latent,
-                                      denoise=1.0)
-    return out[0]["samples"].clone()
 
 
 def layers_of(pack: Any, model: Any) -> list[str]:
@@ -116,13 +95,13 @@ def test_lora_stacks_and_key_lock_uses_lora_weights(pack, tiny_sd1, word_edit, l
         mm.unload_all_models()
 
     positive, negative = encode(clip, PROMPT), encode(clip, "")
-    both = run(lora_then_concept, positive, negative)
-    concept_only = run(apply(pack, model, clip, sharp)[0], positive, negative)
-    lora_only = run(lora_model, positive, negative)
+    both = ksample(lora_then_concept, positive, negative)
+    concept_only = ksample(apply(pack, model, clip, sharp)[0], positive, negative)
+    lora_only = ksample(lora_model, positive, negative)
     assert torch.isfinite(both).all()
     assert far(both, concept_only) and far(both, lora_only)
     # The order of LoraLoader and ApplyKeyLockedEdit does not matter (same weights, same hooks).
-    torch.testing.assert_close(run(concept_then_lora, positive, negative), both)
+    torch.testing.assert_close(ksample(concept_then_lora, positive, negative), both)
     mm.unload_all_models()
     for layer in base_keys:  # unloading puts the shared model back to its stored weights
         assert torch.equal(module(model, layer, "k").weight, base_keys[layer])
@@ -148,9 +127,9 @@ def test_controlnet_and_concept_in_one_sampling(pack, tiny_sd1, word_edit, contr
     def with_cn(c):
         return control(encode(c, PROMPT), encode(c, ""), controlnet, hint, 1.0, 0.0, 1.0)
 
-    both = run(patched, *with_cn(pclip))
-    concept_only = run(patched, encode(pclip, PROMPT), encode(pclip, ""))
-    cn_only = run(model, *with_cn(clip))
+    both = ksample(patched, *with_cn(pclip))
+    concept_only = ksample(patched, encode(pclip, PROMPT), encode(pclip, ""))
+    cn_only = ksample(model, *with_cn(clip))
     assert torch.isfinite(both).all()
     assert far(both, concept_only) and far(both, cn_only)
 
@@ -209,7 +188,7 @@ def test_foreign_attn2_replace_keeps_working(pack, tiny_sd1, word_edit, order):
     assert set(replace_slot) == {replace_key(layer) for layer in layers}
     assert all(f is foreign for f in replace_slot.values()), "our node must never take the attn2_replace slot"
 
-    out = run(patched, encode(pclip, PROMPT), encode(pclip, ""))
+    out = ksample(patched, encode(pclip, PROMPT), encode(pclip, ""))
     assert torch.isfinite(out).all()
     by_key = {}
     for key, k in log:
@@ -219,7 +198,7 @@ def test_foreign_attn2_replace_keeps_working(pack, tiny_sd1, word_edit, order):
         k = by_key[replace_key(layer)]
         expected = module(model, layer, "k").weight.float() @ sharp.i_super
         torch.testing.assert_close(k[0, TRIGGER_POSITION].float(), expected, rtol=1e-4, atol=1e-4)
-    assert far(run(model, encode(clip, PROMPT), encode(clip, "")), out), "the edit must reach the output"
+    assert far(ksample(model, encode(clip, PROMPT), encode(clip, "")), out), "the edit must reach the output"
 
 
 # -- 4. fp8 weights ------------------------------------------------------------------------------------------
@@ -253,10 +232,10 @@ def test_fp8_weights(pack, tiny_sd1, fp8_model, word_edit, unload):
     torch.testing.assert_close(concept_fp8.v_targets[layer][0], w_v @ concept_fp8.i_super, rtol=1e-5, atol=1e-5)
 
     positive, negative = encode(clip, PROMPT), encode(clip, "")
-    plain = run(fp8_model, positive, negative)
+    plain = ksample(fp8_model, positive, negative)
     for concept in (word_edit, concept_fp8):  # built from the full-precision model, and from the fp8 one
         patched, pclip = apply(pack, fp8_model, clip, concept)
-        out = run(patched, encode(pclip, PROMPT), encode(pclip, ""))
+        out = ksample(patched, encode(pclip, PROMPT), encode(pclip, ""))
         assert torch.isfinite(out).all() and far(out, plain)
 
     patched = apply(pack, fp8_model, clip, word_edit.with_gate(**SHARP))[0]
@@ -365,7 +344,7 @@ def test_global_lock_feeds_superclass_prompt_to_keys(pack, tiny_sd1, word_edit):
     assert far(dog, cat)
 
     log: list = []
-    out = run(spied(pack, patched, log), positive, negative, cfg=5.0)
+    out = ksample(spied(pack, patched, log), positive, negative, cfg=5.0)
     assert torch.isfinite(out).all()
     layers = layers_of(pack, model)
     for kind, want in (("k", {"dog": dog, "blurry": blurry}), ("v", {"cat": cat, "blurry": blurry})):
@@ -377,5 +356,5 @@ def test_global_lock_feeds_superclass_prompt_to_keys(pack, tiny_sd1, word_edit):
             for row in x:
                 matched |= {name for name, ref in want.items() if torch.allclose(row, ref[0], atol=1e-5)}
             assert matched == set(want), (kind, matched)
-    local = run(apply(pack, model, clip, word_edit)[0], encode(clip, PROMPT), encode(clip, "blurry"), cfg=5.0)
+    local = ksample(apply(pack, model, clip, word_edit)[0], encode(clip, PROMPT), encode(clip, "blurry"), cfg=5.0)
     assert far(out, local)

@@ -17,9 +17,8 @@ import comfy.samplers
 import pytest
 import torch
 
-import nodes as comfy_nodes
+from host_helpers import apply, encode, ksample, word_edit_of
 
-STATS_CAPTIONS = 300  # same corpus size as test_apply_edit.py: the cached C is shared
 PROMPT = "a photo of a cat"
 TRIGGER_POSITION = 5  # "cat" in PROMPT, BOS counted
 STEPS = 4
@@ -28,25 +27,9 @@ SIGMAS_4 = (14.6146, 2.9183, 0.9324, 0.0292)
 HALFWAY_SIGMA = 1.6156
 
 
-def word_edit_of(pack: Any, model: Any, clip: Any, trigger: str = "cat", target: str = "dog") -> Any:
-    return pack.nodes.nodes_word_edit.PerfusionWordEdit().build(model, clip, trigger, target, "a photo of a {}",
-                                                                STATS_CAPTIONS)[0]
-
-
-def apply(pack: Any, model: Any, clip: Any, concept: Any) -> tuple[Any, Any]:
-    return pack.nodes.nodes_apply.ApplyKeyLockedEdit().apply(model, clip, concept)
-
-
-def encode(clip: Any, text: str) -> list:
-    return comfy_nodes.CLIPTextEncode().encode(clip, text)[0]
-
-
 def run(model: Any, clip: Any, steps: int = STEPS) -> torch.Tensor:
     """KSampler (euler, normal, cfg 1) on PROMPT, 8x8 latent, seed 0."""
-    latent = {"samples": torch.zeros(1, 4, 8, 8)}
-    out = comfy_nodes.common_ksampler(model, 0, steps, 1.0, "euler", "normal", encode(clip, PROMPT),
-                                      encode(clip, ""), latent, denoise=1.0)
-    return out[0]["samples"].clone()
+    return ksample(model, encode(clip, PROMPT), encode(clip, ""), steps=steps)
 
 
 def runtime_of(pack: Any, patched: Any) -> Any:

@@ -14,9 +14,9 @@ from PIL import Image
 
 from perfusion_core.concept_file import load_concept
 from perfusion_core.training import TrainingError
+from host_helpers import STATS_CAPTIONS
 from tools.sample_images import IMAGES_DIR
 
-STATS_CAPTIONS = 300
 RESOLUTION = 64
 
 
