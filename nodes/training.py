@@ -22,7 +22,7 @@ import hashlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -192,7 +192,6 @@ class RunResult:
     state_path: str
     seconds: float
     resumed_from: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 class PerfusionTrainer:
