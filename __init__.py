@@ -17,7 +17,11 @@ if _here not in sys.path:
 try:
     import folder_paths  # noqa: F401  (exists only where ComfyUI's source tree is importable)
 except ModuleNotFoundError:
-    # Imported outside ComfyUI (e.g. by pytest collecting this folder): no nodes to register.
+    folder_paths = None
+
+if folder_paths is None or not __package__:
+    # Imported outside ComfyUI, or as a loose file rather than a package (pytest collecting a
+    # checkout whose folder name is not a valid module name, e.g. "tmp.x1Y"): nothing to register.
     NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
 else:
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
