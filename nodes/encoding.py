@@ -15,8 +15,8 @@ def _ids(tokenizer: Any, text: str) -> list:
     return [t[0] for t in tokens[key][0]]
 
 
-def last_token_position(tokenizer: Any, prefix: str, word: str) -> int:
-    """Index (BOS counted) of the last token of ``word`` in the prompt ``prefix + ' ' + word + rest``.
+def word_positions(tokenizer: Any, prefix: str, word: str) -> list[int]:
+    """Indices (BOS counted) of ``word``'s tokens in the prompt ``prefix + ' ' + word + rest``.
 
     Found by diffing the tokenization of the prefix alone against prefix + word,
     so it holds for any tokenizer layout, multi-token words included.
@@ -29,7 +29,12 @@ def last_token_position(tokenizer: Any, prefix: str, word: str) -> int:
     end = next((i for i in range(start, len(b)) if isinstance(b[i], int) and b[i] == end_token), None)
     if end is None or end == start:
         raise ConceptError(f"the word {word!r} does not fit in one 77-token chunk after {prefix!r}")
-    return end - 1
+    return list(range(start, end))
+
+
+def last_token_position(tokenizer: Any, prefix: str, word: str) -> int:
+    """Index (BOS counted) of the last token of ``word`` after ``prefix`` (see word_positions)."""
+    return word_positions(tokenizer, prefix, word)[-1]
 
 
 def encode_word(clip: Any, template: str, word: str) -> torch.Tensor:

@@ -16,12 +16,13 @@ from perfusion_core.concept_file import word_problem
 from perfusion_core.training import TrainingError, TrainingSettings
 
 from . import folders
+from .attention_masks import superclass_masks
 from .nodes_concept import CATEGORY, CONCEPT
-from .training import PerfusionTrainer, prepare_data, run_files
+from .training import PerfusionTrainer, Previews, prepare_data, run_files
 
 NODE = "TrainPerfusion"
 NO_RESUME = "none"
-MASK_SOURCES = ("mask input if connected", "none")
+MASK_SOURCES = ("mask input if connected", "none", "superclass attention")
 log = logging.getLogger(__name__)
 
 
@@ -57,11 +58,15 @@ class TrainPerfusion:
                    "target per cross-attention layer are learned, keys stay locked to the superclass. Saves "
                    "the concept to models/perfusion (never overwriting) and a resumable checkpoint; the UI's "
                    "cancel stops within one step and keeps both.")
-    RETURN_TYPES = (CONCEPT, "IMAGE", "STRING")
-    RETURN_NAMES = ("concept", "loss_graph", "concept_file")
+    RETURN_TYPES = (CONCEPT, "IMAGE", "STRING", "IMAGE", "MASK")
+    RETURN_NAMES = ("concept", "loss_graph", "concept_file", "previews", "loss_masks")
     OUTPUT_TOOLTIPS = ("The trained concept (gate defaults 0.7/0.15 local); apply it with ApplyKeyLockedEdit.",
                        "Loss per optimizer step and its running mean.",
-                       "Name of the saved concept file in models/perfusion.")
+                       "Name of the saved concept file in models/perfusion.",
+                       "Samples of preview_prompt taken while training (every preview_every steps) and "
+                       "after the last step, in step order; one black image when previews are off.",
+                       "The loss weight of each training image at the training resolution (white = full "
+                       "weight; all white without a mask).")
     FUNCTION = "train"
     CATEGORY = CATEGORY
     OUTPUT_NODE = True
@@ -105,8 +110,10 @@ class TrainPerfusion:
                 "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip":
                                            "Recompute UNet activations in backward: less memory, ~30% slower."}),
                 "mask_source": (list(MASK_SOURCES), {"default": MASK_SOURCES[0], "tooltip":
-                                "Weight the loss by the mask input (the concept's region) when one is "
-                                "connected, or train on whole images ('none')."}),
+                                "Where the loss looks. 'mask input if connected' (default): the mask input, "
+                                "else whole images. 'none': whole images. 'superclass attention': a mask made "
+                                "from the model's own cross-attention to the superclass word in 'a photo of a "
+                                "<superclass>' (no extra model; see the loss_masks output)."}),
                 "checkpoint_every": ("INT", {"default": 50, "min": 0, "max": 100000, "tooltip":
                                      "Write the resumable checkpoint every N steps (0 = only at the end or on cancel)."}),
                 "output_name": ("STRING", {"default": "perfusion_concept", "tooltip":
@@ -117,6 +124,13 @@ class TrainPerfusion:
                 "resume_from": ([NO_RESUME] + folders.training_checkpoints(), {"default": NO_RESUME, "tooltip":
                                 "Continue a cancelled or finished run from its checkpoint in "
                                 "models/perfusion/training (same inputs; steps may grow)."}),
+                "preview_every": ("INT", {"default": 100, "min": 0, "max": 100000, "tooltip":
+                                  "Sample preview_prompt every N steps and after the last step (0-100000, default "
+                                  "100; 0 = no previews). Shown on the node while training and in the previews "
+                                  "output. Each costs 20 sampling steps."}),
+                "preview_prompt": ("STRING", {"default": "a photo of a {} on the beach", "tooltip":
+                                   "Prompt of the preview samples; {} becomes the trigger word. "
+                                   "Default 'a photo of a {} on the beach'."}),
             },
             "optional": {
                 "mask": ("MASK", {"tooltip": "Optional: where the concept is in each image (one mask, or one per image)."}),
@@ -128,7 +142,8 @@ class TrainPerfusion:
               steps: int, batch_size: int, grad_accumulation: int, lr_values: float, lr_embedding: float,
               train_beta: float, train_tau: float, seed: int, resolution: int, timestep_sets: int,
               gradient_checkpointing: bool, mask_source: str, checkpoint_every: int, output_name: str,
-              statistics_captions: int, resume_from: str = NO_RESUME, mask: torch.Tensor | None = None,
+              statistics_captions: int, resume_from: str = NO_RESUME, preview_every: int = 100,
+              preview_prompt: str = "a photo of a {} on the beach", mask: torch.Tensor | None = None,
               unique_id: str | None = None) -> dict:
         trigger, superclass = trigger_word.strip(), " ".join(superclass.split())
         settings = TrainingSettings(steps=steps, batch_size=batch_size, grad_accumulation=grad_accumulation,
@@ -141,6 +156,10 @@ class TrainPerfusion:
             problems.append(f"trigger_word equals the superclass ({trigger!r}); pick a new word for the concept")
         if mask_source not in MASK_SOURCES:
             problems.append(f"mask_source must be one of {MASK_SOURCES}, got {mask_source!r}")
+        if preview_prompt.count("{}") != 1:
+            problems.append(f"preview_prompt must contain '{{}}' exactly once (the trigger's place), got {preview_prompt!r}")
+        if preview_every < 0:
+            problems.append(f"preview_every must be >= 0, got {preview_every}")
         name = output_name.strip()
         if not name or os.path.basename(name) != name or name.startswith("."):
             problems.append(f"output_name must be a plain file name without folders, got {output_name!r}")
@@ -153,12 +172,14 @@ class TrainPerfusion:
                 raise TrainingError(f"{NODE}: resume_from {resume_from!r} not found in models/perfusion")
         name = name[:-len(".safetensors")] if name.endswith(".safetensors") else name
         data = prepare_data(model, vae, images, mask if mask_source == MASK_SOURCES[0] else None, resolution)
-        progress = _Progress(steps, unique_id)
+        if mask_source == MASK_SOURCES[2]:
+            data = data.with_masks(superclass_masks(model, clip, data.latents, superclass, seed))
+        progress = _Progress(steps, unique_id, model)
         try:
             with torch.inference_mode(False), torch.enable_grad():  # see PerfusionTrainer
                 trainer = PerfusionTrainer(model, clip, data, trigger, superclass, settings, statistics_captions,
                                            gradient_checkpointing, run_files(name, checkpoint_every), resume_path,
-                                           progress=progress)
+                                           progress=progress, previews=Previews(preview_prompt, preview_every))
                 result = trainer.run()
         except (TrainingError, ConceptError) as err:
             msg = str(err)
@@ -167,23 +188,58 @@ class TrainPerfusion:
         log.info("Perfusion: trained '%s' (%s) in %.0f s, %d steps, saved %s", trigger, superclass,
                  result.seconds, len(result.losses), rel)
         graph = loss_graph(result.losses)
+        previews = decode_previews(model, vae, [latent for _, latent in result.previews], resolution)
         return {"ui": {"text": [f"saved {rel}; final loss {sum(result.losses[-20:]) / max(1, len(result.losses[-20:])):.4f}"]},
-                "result": (result.concept, graph, rel)}
+                "result": (result.concept, graph, rel, previews, data.loss_masks(resolution))}
+
+
+def decode_previews(model: Any, vae: Any, latents: list[torch.Tensor], resolution: int) -> torch.Tensor:
+    """VAE-decoded preview samples (N, H, W, 3); one black image when there are none, so that
+    a connected SaveImage/PreviewImage still runs."""
+    if not latents:
+        return torch.zeros(1, resolution, resolution, 3)
+    with torch.no_grad():
+        return vae.decode(model.model.process_latent_out(torch.cat(latents)))[..., :3].float().cpu()
 
 
 class _Progress:
-    """UI progress bar (cancel takes effect there too) plus a log line with ETA and step."""
+    """The node's progress bar (cancel takes effect there too) with the latest preview, a status
+    line on the node (step, loss, speed, ETA) and the same line in the log every 10 steps."""
 
-    def __init__(self, total: int, node_id: str | None) -> None:
+    def __init__(self, total: int, node_id: str | None, model: Any) -> None:
         import comfy.utils
+        import latent_preview
 
-        self.bar = comfy.utils.ProgressBar(total, node_id=node_id)
+        self.bar, self.node_id = comfy.utils.ProgressBar(total, node_id=node_id), node_id
+        self.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
 
-    def __call__(self, step: int, total: int, seconds_per_step: float) -> None:
-        self.bar.update_absolute(step, total)
+    def __call__(self, step: int, total: int, seconds_per_step: float, loss: float,
+                 sample: torch.Tensor | None = None) -> None:
+        preview = None
+        if sample is not None and self.previewer is not None:
+            preview = self.previewer.decode_latent_to_preview_image("JPEG", sample)
+        self.bar.update_absolute(step, total, preview)
+        eta = seconds_per_step * (total - step)
+        line = f"step {step}/{total}, loss {loss:.4f}, {seconds_per_step:.2f} s/step, ETA {_duration(eta)}"
+        _show_text(line, self.node_id)
         if step == total or step % 10 == 0:
-            eta = seconds_per_step * (total - step)
-            log.info("Perfusion training: step %d/%d, %.2f s/step, ETA %.0f s", step, total, seconds_per_step, eta)
+            log.info("Perfusion training: %s", line)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _show_text(text: str, node_id: str | None) -> None:
+    """A status line under the node in the UI; nothing when no server runs (in-process use)."""
+    try:
+        from server import PromptServer
+    except ImportError:
+        return
+    server = getattr(PromptServer, "instance", None)
+    if server is not None and node_id is not None and hasattr(server, "send_progress_text"):
+        server.send_progress_text(text, node_id)
 
 
 NODE_CLASS_MAPPINGS = {NODE: TrainPerfusion}

@@ -7,9 +7,10 @@ Why it is built this way:
   through the real projection hooks, and the CLIP clone carries the trainable
   embedding(s) through the same wrapper tokenizer as at inference.
 - The loop runs as a ``comfy.samplers.Sampler`` inside a stock guider, like
-  core's TrainLoraNode: model loading, object patches, wrappers and cleanup
-  are ComfyUI's. Each micro-batch goes through ``calc_cond_batch``, the
-  function every sampler step uses.
+  core's TrainLoraNode (``host_sampling``): model loading, object patches,
+  wrappers and cleanup are ComfyUI's. Each micro-batch goes through
+  ``calc_cond_batch``, the function every sampler step uses; so do the
+  preview samples, with the concept at its inference gate.
 - ComfyUI runs nodes under ``torch.inference_mode()``, so weights loaded by a
   node are inference tensors, which autograd refuses to save for backward.
   They are replaced by ordinary copies of equal value (``thaw``); the base
@@ -22,7 +23,7 @@ import hashlib
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -39,6 +40,7 @@ from perfusion_core.training_state import read_training_state, restore, save_tra
 from . import folders, host_model, model_patch, statistics
 from .clip_patch import install as install_clip
 from .encoding import encode_word
+from .host_sampling import denoise, encode, run_in_guider
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,18 @@ class TrainingData:
         if self.weights is None:
             return x0, None
         return x0, torch.where(pick, self.weights[indices].flip(-1), self.weights[indices])
+
+    def with_masks(self, masks: torch.Tensor) -> "TrainingData":
+        """The same data with loss weights from ``masks`` (N, H, W) of the unflipped images."""
+        weights = latent_weights(masks, tuple(self.latents.shape[-2:]))
+        digest = hashlib.sha256(self.digest.encode() + weights.numpy().tobytes()).hexdigest()[:16]
+        return TrainingData(self.latents, self.flipped, weights, digest)
+
+    def loss_masks(self, resolution: int) -> torch.Tensor:
+        """(N, resolution, resolution) view of the loss weights (all ones without masks), for the UI."""
+        n, _, h, w = self.latents.shape
+        weights = torch.ones(n, 1, h, w) if self.weights is None else self.weights.float().cpu()
+        return torch.nn.functional.interpolate(weights, size=(resolution, resolution), mode="nearest")[:, 0]
 
 
 def prepare_data(model: Any, vae: Any, images: torch.Tensor, masks: torch.Tensor | None, resolution: int) -> TrainingData:
@@ -178,6 +192,16 @@ def trigger_position(tokens: dict) -> int:
 # ----------------------------------------------------------------------------- the run
 
 @dataclass
+class Previews:
+    """Sample images while training: every ``every`` steps and after the last one (0 = none)."""
+
+    prompt: str = "a photo of a {}"   # '{}' becomes the trigger word
+    every: int = 0
+    steps: int = 20
+    cfg: float = 5.0
+
+
+@dataclass
 class RunFiles:
     concept: str          # final concept file (chosen at the start, never overwrites)
     state: str            # this run's resumable checkpoint
@@ -192,6 +216,7 @@ class RunResult:
     state_path: str
     seconds: float
     resumed_from: int = 0
+    previews: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (step, latent for the VAE)
 
 
 class PerfusionTrainer:
@@ -204,10 +229,11 @@ class PerfusionTrainer:
     def __init__(self, model: Any, clip: Any, data: TrainingData, trigger: str, superclass: str,
                  settings: TrainingSettings, statistics_captions: int, gradient_checkpointing: bool,
                  files: RunFiles, resume_path: str | None = None,
-                 progress: Callable[[int, int, float], None] | None = None) -> None:
+                 progress: Callable[..., None] | None = None, previews: Previews | None = None) -> None:
         self.model, self.data, self.settings, self.files = model, data, settings, files
         self.trigger, self.superclass = trigger, superclass
         self.progress = progress
+        self.previews, self.preview_latents = previews or Previews(), []
         self.layers = list(host_model.cross_attention_layers(model))
         C, stats_id = statistics.clip_statistics(clip, generate_captions(statistics_captions))
         self.whitener = Whitener(C)
@@ -274,8 +300,6 @@ class PerfusionTrainer:
     # -- the loop (called by the sampler inside ComfyUI's guider) ---------------
     def loop(self, base_model: Any, model_options: dict) -> None:
         import comfy.model_management as mm
-        import comfy.sampler_helpers
-        import comfy.samplers
 
         s = self.settings
         self.clip.load_model()
@@ -303,12 +327,9 @@ class PerfusionTrainer:
                 noise = gaussian_noise(tuple(x0.shape), draw.noise_seed).to(device)
                 sigma = sampling.sigma(draw.timesteps.float()).to(device)
                 x_t = sampling.noise_scaling(sigma, noise.clone(), x0)
-                conds = comfy.samplers.encode_model_conds(
-                    base_model.extra_conds, comfy.sampler_helpers.convert_cond([[cond, out]]), x_t, device,
-                    "positive", latent_image=x0, seed=draw.noise_seed)
                 self.runtime.step = self.runtime.step_state(sigma, sampling)  # held through backward recomputation
                 try:
-                    denoised = comfy.samplers.calc_cond_batch(base_model, [conds], x_t, sigma, model_options)[0]
+                    denoised = denoise(base_model, model_options, [[[cond, out]]], x_t, sigma, x0, draw.noise_seed)[0]
                     loss = masked_diffusion_loss(noise_prediction(x_t, denoised, sigma), noise, weight)
                     (loss / s.grad_accumulation).backward()
                 finally:
@@ -323,8 +344,33 @@ class PerfusionTrainer:
             done = step + 1
             if self.files.checkpoint_every and done % self.files.checkpoint_every == 0 and done < s.steps:
                 self.save_state()
+            sample = None
+            if self.previews.every and (done % self.previews.every == 0 or done == s.steps):
+                sample = self._preview(base_model, model_options)
+                self.preview_latents.append((done, sample.cpu()))
             if self.progress is not None:
-                self.progress(done, s.steps, (time.monotonic() - started) / (done - self.start_step))
+                self.progress(done, s.steps, (time.monotonic() - started) / (done - self.start_step), step_loss, sample)
+
+    def _preview(self, base_model: Any, model_options: dict) -> torch.Tensor:
+        """A sample of the preview prompt with the concept as it is now, at its inference gate.
+        Deterministic (Euler, fixed noise) so that previews of one run are comparable; draws
+        nothing from the training's random streams."""
+        import comfy.samplers
+
+        p, sampling = self.previews, base_model.model_sampling
+        device = self.patched.load_device
+        with torch.no_grad():
+            self.runtime.load([self._concept(live=False)])
+            conds = [encode(self.clip, p.prompt.format(self.trigger)), encode(self.clip, "")]
+            sigmas = comfy.samplers.calculate_sigmas(sampling, "normal", p.steps).to(device)
+            shape = (1,) + tuple(self.data.latents.shape[1:])
+            noise = gaussian_noise(shape, self.settings.seed).to(device)
+            x = sampling.noise_scaling(sigmas[:1], noise, torch.zeros_like(noise), max_denoise=True)
+            for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+                cond, uncond = denoise(base_model, model_options, conds, x, sigma.expand(1))
+                x0 = uncond + p.cfg * (cond - uncond)
+                x = x0 + (x - x0) * (sigma_next / sigma)  # an Euler step of the probability-flow ODE
+            return sampling.inverse_noise_scaling(sigmas[-1:], x)
 
     # -- saving ------------------------------------------------------------------
     def save_state(self) -> str:
@@ -336,27 +382,14 @@ class PerfusionTrainer:
 
     def run(self) -> RunResult:
         import comfy.model_management as mm
-        import comfy.samplers
 
         started = time.monotonic()
-        trainer = self
-
-        class _TrainSampler(comfy.samplers.Sampler):
-            def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None,
-                       denoise_mask=None, disable_pbar=False):
-                trainer.loop(model_wrap.inner_model, extra_args["model_options"])
-                return torch.zeros_like(latent_image)
-
         frozen = self._freeze_base()
         try:
             with torch.inference_mode(False), torch.enable_grad():
-                guider = comfy.samplers.CFGGuider(self.patched)
-                out = self.clip.encode_from_tokens(self.clip.tokenize(self.superclass), return_pooled=True,
-                                                   return_dict=True)
-                guider.inner_set_conds({"positive": [[out.pop("cond").detach(), out]]})
-                guider.set_cfg(1.0)
-                shape = (1,) + tuple(self.data.latents.shape[1:])
-                guider.sample(torch.zeros(shape), torch.zeros(shape), _TrainSampler(), torch.ones(2), seed=self.settings.seed)
+                with torch.no_grad():
+                    positive = encode(self.clip, self.superclass)
+                run_in_guider(self.patched, positive, tuple(self.data.latents.shape[1:]), self.loop, self.settings.seed)
         except mm.InterruptProcessingException:
             self._save_interrupted()
             raise
@@ -366,7 +399,8 @@ class PerfusionTrainer:
         path = str(save_concept(concept, unique_path(self.files.concept)))
         state = self.save_state()
         return RunResult(concept=concept, losses=list(self.losses), concept_path=path, state_path=state,
-                         seconds=time.monotonic() - started, resumed_from=self.start_step)
+                         seconds=time.monotonic() - started, resumed_from=self.start_step,
+                         previews=list(self.preview_latents))
 
     def _save_interrupted(self) -> None:
         """Keep what was learned: a resumable checkpoint and a usable concept file."""

@@ -45,7 +45,8 @@ def train(pack, pipeline, model=None, inference_mode: bool = True, **overrides):
     kwargs = dict(images=load_images(), trigger_word="zorb", superclass="teddy", steps=4, batch_size=2,
                   grad_accumulation=1, lr_values=0.03, lr_embedding=0.006, train_beta=0.75, train_tau=0.1, seed=0,
                   resolution=RESOLUTION, timestep_sets=1, gradient_checkpointing=False, mask_source="none",
-                  checkpoint_every=0, output_name="test_concept", statistics_captions=STATS_CAPTIONS)
+                  checkpoint_every=0, output_name="test_concept", statistics_captions=STATS_CAPTIONS,
+                  preview_every=0)
     kwargs.update(overrides)
     node = pack.nodes.nodes_train.TrainPerfusion()
     with torch.inference_mode(inference_mode):
@@ -69,7 +70,7 @@ def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def test_base_untouched_and_only_concept_trained(pack, pipeline):
     model, clip, _ = pipeline
     unet_before, clip_before = snapshot(model.model), snapshot(clip.cond_stage_model)
-    concept, graph, name = train(pack, pipeline, steps=3)
+    concept, graph, name, previews, masks = train(pack, pipeline, steps=3)
     for before, module in ((unet_before, model.model), (clip_before, clip.cond_stage_model)):
         after = module.state_dict()
         assert before.keys() == after.keys()
@@ -146,7 +147,7 @@ def gated(pack, pipeline, concept, beta=0.75, tau=0.1):
 @pytest.fixture(scope="module")
 def trained(pack, pipeline):
     """50 optimizer steps (batch 2) on the four teddy images, masked loss."""
-    concept, _, name = train(pack, pipeline, steps=50, mask=load_images(masks=True), mask_source="mask input if connected",
+    concept, _, name, _, _ = train(pack, pipeline, steps=50, mask=load_images(masks=True), mask_source="mask input if connected",
                              output_name="trained50")
     return concept, name
 
@@ -276,6 +277,57 @@ def test_gradient_checkpointing_gives_the_same_concept(pack, pipeline):
         assert torch.allclose(plain.v_targets[layer], ckpt.v_targets[layer], atol=1e-5)
 
 
+# -- masks from the model's own attention, previews ---------------------------------------------------
+
+
+def test_attention_probe_reads_the_hosts_attention(pack, pipeline):
+    """The probe's map equals the host's own attention kernel applied to indicator values,
+    and the patched forward returns exactly the stock output."""
+    from comfy.ldm.modules.attention import optimized_attention
+
+    model = pipeline[0]
+    layer = next(iter(pack.nodes.host_model.cross_attention_layers(model)))
+    module = model.get_model_object(f"diffusion_model.{layer}")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, module.to_q.weight.shape[1], generator=gen)
+    context = torch.randn(2, 77, module.to_k.weight.shape[1], generator=gen)
+    sink, tokens = [], [5, 6]
+    probe = pack.nodes.attention_masks.AttentionProbe(module, module.forward, tokens, sink)
+    with torch.no_grad():
+        assert torch.equal(probe(x, context=context), module.forward(x, context=context))
+        q, k = module.to_q(x), module.to_k(context)
+        heads, d = module.heads, q.shape[-1] // module.heads
+        indicator = torch.zeros(2, 77, q.shape[-1])
+        indicator[:, tokens, ::d] = 1.0  # channel 0 of every head: 1 on the superclass tokens
+        reference = optimized_attention(q, k, indicator, heads)[..., ::d].mean(-1)
+    assert len(sink) == 1 and torch.allclose(sink[0], reference, atol=1e-5)
+
+
+def test_superclass_attention_masks(pack, pipeline):
+    model, clip, vae = pipeline
+    data = pack.nodes.training.prepare_data(model, vae, load_images(), None, RESOLUTION)
+    masks = pack.nodes.attention_masks.superclass_masks(model, clip, data.latents, "teddy", seed=0)
+    again = pack.nodes.attention_masks.superclass_masks(model, clip, data.latents, "teddy", seed=0)
+    assert masks.shape == (4, 8, 8) and torch.equal(masks, again)
+    assert set(masks.unique().tolist()) <= {0.0, 1.0} and bool((masks.sum((1, 2)) > 0).all())
+    assert not model.object_patches, "the probe must live on a private clone"
+    concept, _, name, _, loss_masks = train(pack, pipeline, steps=1, mask_source="superclass attention",
+                                            output_name="attn_mask")
+    assert concept.training["masked"] is True
+    assert torch.equal(loss_masks, masks.repeat_interleave(8, 1).repeat_interleave(8, 2))
+
+
+def test_previews_sample_without_changing_the_training(pack, pipeline):
+    quiet = train(pack, pipeline, steps=2, preview_every=0, output_name="no_previews")
+    shown = train(pack, pipeline, steps=2, preview_every=1, output_name="previews")
+    assert torch.equal(quiet[3], torch.zeros(1, RESOLUTION, RESOLUTION, 3)), "previews off: one black image"
+    assert shown[3].shape == (2, RESOLUTION, RESOLUTION, 3), "after steps 1 and 2"
+    assert torch.isfinite(shown[3]).all() and float(shown[3].std()) > 0
+    assert not torch.equal(shown[3][0], shown[3][1]), "the concept changed between the two previews"
+    assert Path(perfusion_path(quiet[2])).read_bytes() == Path(perfusion_path(shown[2])).read_bytes()
+    assert torch.equal(quiet[4], torch.ones(4, RESOLUTION, RESOLUTION)), "no mask: every pixel weighs 1"
+
+
 # -- clear errors ------------------------------------------------------------------------------------
 
 
@@ -290,6 +342,7 @@ def test_gradient_checkpointing_gives_the_same_concept(pack, pipeline):
     ({"lr_values": 50.0}, "lr_values must be"),
     ({"output_name": "../evil"}, "output_name must be a plain file name"),
     ({"resume_from": "training/nope.safetensors"}, "resume_from .* not found"),
+    ({"preview_prompt": "no placeholder"}, "preview_prompt must contain"),
 ])
 def test_bad_inputs_are_named(pack, pipeline, overrides, message):
     with pytest.raises(TrainingError, match=message):
