@@ -4,6 +4,7 @@ ComfyUI imports this package from custom_nodes/. The math lives in
 perfusion_core/ (no ComfyUI imports); nodes/ holds the glue.
 """
 
+import logging
 import os
 import sys
 
@@ -19,11 +20,24 @@ try:
 except ModuleNotFoundError:
     folder_paths = None
 
+from perfusion_core.host_version import MIN_COMFYUI_VERSION, comfyui_version_problem, host_comfyui_version  # noqa: E402
+
+_log = logging.getLogger(__name__)
+NODE_CLASS_MAPPINGS: dict = {}
+NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+
 if folder_paths is None or not __package__:
     # Imported outside ComfyUI, or as a loose file rather than a package (pytest collecting a
     # checkout whose folder name is not a valid module name, e.g. "tmp.x1Y"): nothing to register.
-    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
+    pass
+elif (_problem := comfyui_version_problem(host_comfyui_version())) is not None:
+    # Too old a host: say so once and register nothing, rather than crash ComfyUI's start-up
+    # or offer nodes that fail in the middle of a workflow.
+    _log.error("Perfusion: %s. No Perfusion nodes were registered.", _problem)
 else:
+    if host_comfyui_version() is None:
+        _log.warning("Perfusion: cannot read this ComfyUI's version (no comfyui_version.py); "
+                     "the pack needs ComfyUI %s or newer", MIN_COMFYUI_VERSION)
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 WEB_DIRECTORY = None

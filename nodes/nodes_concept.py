@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import folder_paths
 
-from perfusion_core.concept import LOCK_MODES, Concept
+from perfusion_core.concept import LOCK_MODES, Concept, ConceptError
 from perfusion_core.concept_file import load_concept, save_concept, unique_path
 
 from . import folders
@@ -14,6 +15,9 @@ from . import folders
 CONCEPT = "PERFUSION_CONCEPT"
 CATEGORY = "perfusion"
 FROM_CONCEPT = "concept default"
+GATE_NODE = "ConceptGate"
+SAVE_NODE = "SavePerfusionConcept"
+MAX_NAME_CHARS = 150  # file names stay well under the usual 255-byte limit, suffixes included
 
 
 class LoadPerfusionConcept:
@@ -77,12 +81,23 @@ class ConceptGate:
 
     def gate(self, concept: Concept, beta: float, tau: float, strength: float, start_percent: float,
              end_percent: float, lock_mode: str) -> tuple[Concept]:
+        # ComfyUI's min/max check lets NaN through (every comparison with NaN is false).
+        for name, value in (("beta", beta), ("tau", tau), ("strength", strength),
+                            ("start_percent", start_percent), ("end_percent", end_percent)):
+            if not math.isfinite(value):
+                raise ConceptError(f"{GATE_NODE}: {name} must be a number, got {value}")
+        if start_percent > end_percent:
+            raise ConceptError(f"{GATE_NODE}: start_percent {start_percent} is after end_percent {end_percent}; "
+                               "the concept would never act (set start_percent <= end_percent)")
         stored = concept.gate
-        return (concept.with_gate(
-            beta=stored.beta if beta < 0 else beta,
-            tau=stored.tau if tau <= 0 else tau,
-            strength=strength, start_percent=start_percent, end_percent=end_percent,
-            lock=stored.lock if lock_mode == FROM_CONCEPT else lock_mode),)
+        try:
+            return (concept.with_gate(
+                beta=stored.beta if beta < 0 else beta,
+                tau=stored.tau if tau <= 0 else tau,
+                strength=strength, start_percent=start_percent, end_percent=end_percent,
+                lock=stored.lock if lock_mode == FROM_CONCEPT else lock_mode),)
+        except ConceptError as err:
+            raise ConceptError(f"{GATE_NODE}: {err}") from None
 
 
 class SavePerfusionConcept:
@@ -104,7 +119,19 @@ class SavePerfusionConcept:
         root = os.path.realpath(folders.output_dir())
         target = os.path.realpath(os.path.join(root, filename_prefix.strip() + ".safetensors"))
         if not target.startswith(root + os.sep):
-            raise ValueError(f"SavePerfusionConcept: filename_prefix {filename_prefix!r} leaves the perfusion folder")
+            raise ConceptError(f"{SAVE_NODE}: filename_prefix {filename_prefix!r} leaves the perfusion folder")
+        stem = os.path.basename(target)[:-len(".safetensors")]
+        if not stem or stem.startswith("."):
+            raise ConceptError(f"{SAVE_NODE}: filename_prefix {filename_prefix!r} has no file name "
+                               "(empty, or a hidden name starting with '.')")
+        if len(stem) > MAX_NAME_CHARS:
+            raise ConceptError(f"{SAVE_NODE}: the file name in filename_prefix is {len(stem)} characters long "
+                               f"(at most {MAX_NAME_CHARS})")
+        first = os.path.relpath(target, root).split(os.sep)[0]
+        if first in (folders.STATISTICS_SUBFOLDER, folders.TRAINING_SUBFOLDER):
+            # Files there are hidden from the concept list (and offered as training checkpoints).
+            raise ConceptError(f"{SAVE_NODE}: filename_prefix {filename_prefix!r} is in the '{first}' sub-folder, "
+                               "which is reserved for the pack's own files; choose another name")
         os.makedirs(os.path.dirname(target), exist_ok=True)
         path = save_concept(concept, unique_path(target))
         name = os.path.relpath(path, root)

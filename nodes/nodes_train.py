@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any
 
 import folder_paths
@@ -14,10 +15,11 @@ from PIL import Image, ImageDraw, ImageFont
 from perfusion_core.concept import ConceptError
 from perfusion_core.concept_file import word_problem
 from perfusion_core.training import TrainingError, TrainingSettings
+from perfusion_core.training_state import TrainingStateError, read_training_state
 
 from . import folders
 from .attention_masks import superclass_masks
-from .nodes_concept import CATEGORY, CONCEPT
+from .nodes_concept import CATEGORY, CONCEPT, MAX_NAME_CHARS
 from .training import PerfusionTrainer, Previews, prepare_data, run_files
 
 NODE = "TrainPerfusion"
@@ -149,7 +151,8 @@ class TrainPerfusion:
         settings = TrainingSettings(steps=steps, batch_size=batch_size, grad_accumulation=grad_accumulation,
                                     lr_values=lr_values, lr_embedding=lr_embedding, beta=train_beta, tau=train_tau,
                                     seed=seed, resolution=resolution, timestep_sets=timestep_sets)
-        problems = settings.problems()
+        # The settings call them beta/tau; this node's inputs are train_beta/train_tau.
+        problems = [re.sub(r"^(beta|tau) ", r"train_\1 ", p) for p in settings.problems()]
         problems += [p for p in (word_problem(trigger, "trigger_word"),
                                  word_problem(superclass, "superclass", allow_spaces=True)) if p]
         if not problems and trigger.lower() == superclass.lower():
@@ -163,6 +166,8 @@ class TrainPerfusion:
         name = output_name.strip()
         if not name or os.path.basename(name) != name or name.startswith("."):
             problems.append(f"output_name must be a plain file name without folders, got {output_name!r}")
+        elif len(name) > MAX_NAME_CHARS:
+            problems.append(f"output_name is {len(name)} characters long (at most {MAX_NAME_CHARS})")
         if problems:
             raise TrainingError(f"{NODE}: " + "; ".join(problems))
         resume_path = None
@@ -170,10 +175,17 @@ class TrainPerfusion:
             resume_path = folder_paths.get_full_path(folders.FOLDER, resume_from)
             if resume_path is None:
                 raise TrainingError(f"{NODE}: resume_from {resume_from!r} not found in models/perfusion")
+            try:  # before any work (statistics are cached to disk): a bad checkpoint must cost nothing
+                read_training_state(resume_path)
+            except TrainingStateError as err:
+                raise TrainingError(f"{NODE}: resume_from {resume_from!r}: {err}") from None
         name = name[:-len(".safetensors")] if name.endswith(".safetensors") else name
-        data = prepare_data(model, vae, images, mask if mask_source == MASK_SOURCES[0] else None, resolution)
-        if mask_source == MASK_SOURCES[2]:
-            data = data.with_masks(superclass_masks(model, clip, data.latents, superclass, seed))
+        try:
+            data = prepare_data(model, vae, images, mask if mask_source == MASK_SOURCES[0] else None, resolution)
+            if mask_source == MASK_SOURCES[2]:
+                data = data.with_masks(superclass_masks(model, clip, data.latents, superclass, seed))
+        except (TrainingError, ConceptError) as err:
+            raise TrainingError(f"{NODE}: {err}") from None
         progress = _Progress(steps, unique_id, model)
         try:
             with torch.inference_mode(False), torch.enable_grad():  # see PerfusionTrainer
@@ -181,7 +193,7 @@ class TrainPerfusion:
                                            gradient_checkpointing, run_files(name, checkpoint_every), resume_path,
                                            progress=progress, previews=Previews(preview_prompt, preview_every))
                 result = trainer.run()
-        except (TrainingError, ConceptError) as err:
+        except (TrainingError, ConceptError, TrainingStateError) as err:
             msg = str(err)
             raise TrainingError(msg if msg.startswith(NODE) else f"{NODE}: {msg}") from None
         rel = os.path.relpath(result.concept_path, folders.output_dir())

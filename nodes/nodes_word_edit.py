@@ -52,6 +52,9 @@ class PerfusionWordEdit:
                 raise ConceptError(f"{NODE}: {problem}")
         if trigger.lower() == target.lower():
             raise ConceptError(f"{NODE}: trigger_word and target_word are both {trigger!r}; nothing to edit")
+        if template.count("{}") != 1:
+            raise ConceptError(f"{NODE}: template must contain '{{}}' exactly once (where the word goes), "
+                               f"got {template!r}")
         family = host_model.model_family(model)
         layers = host_model.cross_attention_layers(model)
         i_trigger = encode_word(clip, template, trigger)

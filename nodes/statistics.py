@@ -9,6 +9,7 @@ window is encoded independently, so this is exact.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from typing import Any, Callable
 
@@ -21,6 +22,7 @@ from perfusion_core.covariance import (PADDING_RULE, SecondMoment, StatisticsErr
 from . import folders, host_model
 
 DEFAULT_CAPTIONS = 2000
+log = logging.getLogger(__name__)
 WINDOWS_PER_CALL = 16
 
 
@@ -30,6 +32,8 @@ def accumulate(clip: Any, captions: list[str], progress: Callable[[int], None] |
     pending: dict[str, list] = {}
 
     def flush() -> None:
+        # Thousands of captions take minutes on a CPU: honour the UI's cancel between calls.
+        _check_interrupt()
         if pending:
             acc.add(clip.encode_from_tokens(pending).float()[0])  # (77 * windows, D)
             pending.clear()
@@ -64,6 +68,8 @@ def clip_statistics(clip: Any, captions: list[str] | None = None,
             return C, str(meta["fingerprint"])
         except (StatisticsError, KeyError):
             pass  # unreadable cache: recompute and replace it
+    log.info("Perfusion: estimating the text-encoder statistics from %d captions (once per CLIP, then cached)",
+             len(captions))
     acc = accumulate(clip, captions, progress)
     C = acc.matrix()
     fp = fingerprint(encoder, f"{corpus}:{weights}", acc.count)
@@ -81,3 +87,12 @@ def _weights_digest(clip: Any) -> str:
         h.update(name.encode())
         h.update(sample.numpy().tobytes())
     return h.hexdigest()[:12]
+
+
+def _check_interrupt() -> None:
+    """Raise ComfyUI's InterruptProcessingException if the user cancelled (no-op outside ComfyUI)."""
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return
+    mm.throw_exception_if_processing_interrupted()

@@ -10,6 +10,7 @@ quantised key weights are honoured (key-locking).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -22,6 +23,16 @@ FAMILIES: tuple[str, ...] = ("sd1", "sd2", "sdxl")
 
 class ConceptError(ValueError):
     """A concept (or concept file) is unusable; the message says which and why."""
+
+
+def _finite(value: object) -> bool:
+    """A finite real number (ints, floats, numpy/torch scalars); strings do not count."""
+    if isinstance(value, (str, bytes)):
+        return False
+    try:
+        return math.isfinite(float(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,11 @@ class Gate:
     lock: LockMode = "local"
 
     def __post_init__(self) -> None:
+        # NaN passes every range comparison below and would silently blacken images.
+        for name in ("beta", "tau", "strength"):
+            value = getattr(self, name)
+            if not _finite(value):
+                raise ConceptError(f"gate {name} must be a finite number, got {value!r}")
         if not (self.tau > 0.0):
             raise ConceptError(f"gate tau must be > 0, got {self.tau}")
         if not (0.0 <= self.start_percent <= self.end_percent <= 1.0):

@@ -406,7 +406,11 @@ class ComfyServer:
         return r
 
     def _post(self, path: str, payload: Mapping[str, Any]) -> requests.Response:
-        return self._http.post(self.url + path, json=dict(payload), timeout=60)
+        # Serialised here, not with requests' json=, which refuses NaN/Infinity: the server
+        # (Python's json) accepts them, so tests must be able to send them as a client could.
+        body = json.dumps(dict(payload), allow_nan=True)
+        return self._http.post(self.url + path, data=body.encode("utf-8"),
+                               headers={"Content-Type": "application/json"}, timeout=60)
 
     def object_info(self, node_class: str | None = None) -> dict[str, Any]:
         """GET /object_info (all node definitions) or /object_info/<class>."""

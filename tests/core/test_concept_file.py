@@ -458,3 +458,11 @@ def test_sdxl_concept_fits_in_256_kb(tmp_path: Path) -> None:
     assert path.stat().st_size <= 256 * 1000
     loaded = load_concept(path)
     assert loaded.context_dim == 2048 and len(loaded.v_targets) == 70
+
+
+@pytest.mark.parametrize("field", ["beta", "tau", "strength"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "0.7"])
+def test_gate_refuses_non_finite_numbers(field: str, value: object) -> None:
+    """NaN slips through every range comparison; the gate itself must refuse it."""
+    with pytest.raises(ConceptError, match=f"gate {field} must be a finite number"):
+        Gate(**{field: value})
