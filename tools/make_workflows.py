@@ -248,8 +248,10 @@ def train_concept() -> Prompt:
           grad_accumulation=1, lr_values=0.03, lr_embedding=0.006, train_beta=0.75, train_tau=0.1, seed=SEED,
           resolution=SIZE, timestep_sets=1, gradient_checkpointing=False, mask_source="mask input if connected",
           checkpoint_every=10, output_name=TRAINED_CONCEPT, statistics_captions=STATISTICS_CAPTIONS,
-          resume_from="none")
+          resume_from="none", preview_every=TRAIN_STEPS // 2, preview_prompt="a photo of a {} on the beach")
     g.add("loss", "SaveImage", "Save loss graph", images=g.out("train", 1), filename_prefix=f"{OUTPUT_PREFIX}/train_loss")
+    g.add("previews", "SaveImage", "Save training previews", images=g.out("train", 3),
+          filename_prefix=f"{OUTPUT_PREFIX}/train_previews")
     model, clip = _apply(g, "apply", model, clip, g.out("train", 0), "Apply trained concept")
     image, _, _ = _sample_and_decode(g, "", model, clip, vae, f"a photo of a {TRIGGER} on the beach", _latent(g))
     _save(g, image, "train_concept")

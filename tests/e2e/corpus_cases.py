@@ -326,6 +326,8 @@ CASES: list[Case] = [
            r"TrainPerfusion: output_name must be a plain file name without folders, got ''"),
     _graph("train_output_too_long", lambda: g.train(output_name="n" * 300), TRAIN,
            r"TrainPerfusion: output_name is 300 characters long \(at most \d+\)"),
+    _graph("train_preview_prompt_without_slot", lambda: g.train(preview_prompt="a teddy on the beach"), TRAIN,
+           r"TrainPerfusion: preview_prompt must contain '\{\}' exactly once"),
     _graph("train_mask_size", lambda: g.train(mask=g.node("SolidMask", value=1.0, width=32, height=32),
                                               mask_source="mask input if connected"), TRAIN,
            r"TrainPerfusion: mask: size \(32, 32\) differs from the images' \(128, 128\)"),

@@ -83,7 +83,8 @@ def train_inputs(**changes: Any) -> dict[str, Any]:
     inputs = dict(trigger_word="zorbix", superclass="teddy", steps=2, batch_size=1, grad_accumulation=1,
                   lr_values=0.03, lr_embedding=0.006, train_beta=0.75, train_tau=0.1, seed=0, resolution=64,
                   timestep_sets=1, gradient_checkpointing=False, mask_source="none", checkpoint_every=0,
-                  output_name="corpus_never_trained", statistics_captions=100, resume_from="none")
+                  output_name="corpus_never_trained", statistics_captions=100, resume_from="none",
+                  preview_every=0, preview_prompt="a photo of a {}")
     inputs.update(changes)
     return inputs
 

@@ -233,10 +233,11 @@ def check_train_concept(server: ComfyServer, object_info: dict[str, Any], concep
     assert (train["trigger_word"], train["superclass"], train["steps"]) == (wf.TRIGGER, wf.SUPERCLASS, wf.TRAIN_STEPS)
     run = Run(server, prompt)
     print(f"\ntrain_concept: {run.seconds:.1f} s")
-    assert len(run.images) == 2  # the loss graph and the generated image
-    graph, image = sorted(run.images, key=lambda im: im.size[0], reverse=True)
+    assert len(run.images) == 4  # the loss graph, two previews (half-way, end) and the generated image
+    graph, *images = sorted(run.images, key=lambda im: im.size[0], reverse=True)
     assert graph.size == (512, 256)
-    assert_real_image(image, SIZE)
+    for image in images:
+        assert_real_image(image, SIZE)
     # Logged twice: by the trainer's own install of the hooks, then by ApplyKeyLockedEdit.
     assert run.hooks() == [(1, [wf.TRIGGER], TINY_SD1_LAYERS, 2 * TINY_SD1_LAYERS)] * 2
     concept = load_concept(server.models_dir / "perfusion" / f"{wf.TRAINED_CONCEPT}.safetensors")

@@ -18,7 +18,8 @@ CONTRACT = {
     "TrainPerfusion": ["model", "clip", "vae", "images", "trigger_word", "superclass", "steps", "batch_size",
                        "grad_accumulation", "lr_values", "lr_embedding", "train_beta", "train_tau", "seed",
                        "resolution", "timestep_sets", "gradient_checkpointing", "mask_source", "checkpoint_every",
-                       "output_name", "statistics_captions", "resume_from", "mask"],
+                       "output_name", "statistics_captions", "resume_from", "preview_every", "preview_prompt",
+                       "mask"],
 }
 
 
