@@ -45,9 +45,9 @@ def test_every_input_has_a_tooltip_and_every_node_a_description(pack):
 # ---------------------------------------------------------------------------- what the UI shows
 # ComfyUI shows an input's tooltip on hover and the node's DESCRIPTION and OUTPUT_TOOLTIPS in
 # its info panel; these checks make them answer "what is the default, what may I enter".
+# Numbers as tooltips write them; seeds span all 64 bits, so 2^64-1 counts as a number too.
 _NUMBER = re.compile(r"2\^\d+(?:\s*-\s*1)?|(?<![\w.^])-?\d+(?:\.\d+)?(?:e-?\d+)?", re.IGNORECASE)
 _BOOL_WORDS = re.compile(r"\b(on|off|true|false)\b", re.IGNORECASE)
-# Seeds span all 64 bits; their tooltip may write the bound as 2^64-1.
 _NUMERIC = ("INT", "FLOAT")
 # Nodes another change is still reworking; strict, so the mark must go once they pass.
 _PENDING = {"TrainPerfusion": "TrainPerfusion tooltips lack defaults/ranges (nodes_train.py is being reworked)"}
