@@ -64,19 +64,19 @@ class ConceptGate:
                      "following); higher confines it. Typical 0.6-0.75 with local lock, 0.4-0.6 with global. "
                      "-1 = the concept's stored default (0.7 if it has none)."}),
             "tau": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 1.0, "step": 0.01, "tooltip":
-                    "Gate temperature, > 0 (0.15 is the paper's inference value); smaller = sharper on/off. "
-                    "-1 = the concept's stored default."}),
+                    "Gate temperature, up to 1 (0.15 is the paper's inference value); smaller = sharper on/off. "
+                    "Default -1 (any value <= 0): the concept's stored temperature."}),
             "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip":
                          "Scales the concept's whole contribution to the cross-attention edit: 0 = no edit (the "
-                         "trigger word keeps its learned embedding), 1 = as trained. Default 1."}),
+                         "trigger word keeps its learned embedding), 1 = as trained, up to 2. Default 1."}),
             "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
-                              "Denoising progress (0 = first step) at which the concept starts acting. Default 0."}),
+                              "Denoising progress (0 = first step, 1 = last) at which the concept starts acting. Default 0."}),
             "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
-                            "Denoising progress (1 = last step) after which the concept stops acting. Default 1."}),
+                            "Denoising progress (0 = first step, 1 = last) after which the concept stops acting. Default 1."}),
             "lock_mode": ([FROM_CONCEPT, *LOCK_MODES], {"default": FROM_CONCEPT, "tooltip":
                           "local: keys of the trigger are locked to the superclass's keys. global: the whole "
                           "prompt's keys come from the prompt with the superclass word (richer scenes, more "
-                          "variation; use a lower beta). Default: the concept's stored mode (local)."}),
+                          "variation; use a lower beta). Default 'concept default': the concept's stored mode (local)."}),
         }}
 
     def gate(self, concept: Concept, beta: float, tau: float, strength: float, start_percent: float,

@@ -37,7 +37,7 @@ class PerfusionWordEdit:
             "template": ("STRING", {"default": "a photo of a {}", "tooltip":
                          "Prompt in which both words are encoded; must contain {} once."}),
             "statistics_captions": ("INT", {"default": 1000, "min": 0, "max": 100000, "step": 100, "tooltip":
-                                    "How many built-in captions to estimate the text-encoder statistics C from "
+                                    "How many built-in captions (0-100000) to estimate the text-encoder statistics C from "
                                     "(computed once per CLIP, then cached in models/perfusion/statistics). "
                                     "0 = no statistics (C = identity; the edit then leaks onto other tokens). "
                                     "Default 1000."}),

@@ -2,6 +2,7 @@
 # Installs everything the project needs into git-ignored folders of this checkout:
 #   .venv/            Python 3.11 virtual environment (torch pinned to the local wheels)
 #   .host/ComfyUI/    a real, unmodified ComfyUI host (0.3.75)
+# and, system-wide through apt, Debian's chromium + chromium-driver for the browser test.
 # Idempotent: each step leaves a stamp and is skipped when its stamp matches.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -50,6 +51,17 @@ if ! stamp_ok "$VENV/.reqs-stamp" "$reqs_hash"; then
   grep -v -E '^(torch|torchvision|torchaudio)\b' "$HOST/requirements.txt" > "$VENV/host-requirements.txt"
   "${pip[@]}" install -r "$VENV/host-requirements.txt" -r requirements-dev.txt "${TORCH_PINS[@]}"
   echo "$reqs_hash" > "$VENV/.reqs-stamp"
+fi
+
+# The browser test drives the real ComfyUI web UI through Debian's chromium and its
+# matching chromedriver (no browser download by the Python driver library).
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  echo "[setup] installing chromium and chromium-driver (apt)"
+  sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get update -q
+  "${sudo[@]}" apt-get install -y -q --no-install-recommends chromium chromium-driver
 fi
 
 echo "[setup] ready: $("$VENV/bin/python" -c 'import torch,sys;print("python",sys.version.split()[0],"torch",torch.__version__)'), ComfyUI $(cat "$HOST/comfyui_version.py" | grep -o '[0-9.]*"' | tr -d '"')"

@@ -29,13 +29,10 @@ from PIL import Image
 from perfusion_core.concept_file import load_concept
 from tools import make_workflows as wf
 from tools.comfy_server import ComfyServer
-from tools.demo import install_file, install_training_images
-from tools.random_models import cached_checkpoint, write_controlnet, write_lora
+from tools.demo_models import QUICK_STATISTICS_CAPTIONS, install_demo_models
 
 REPO = Path(__file__).resolve().parents[2]
-# The shipped workflow estimates the text-encoder statistics from 500 captions
-# (minutes on 2 CPU cores); the tests use fewer. Same node, same code path.
-TEST_CAPTIONS = 48
+TEST_CAPTIONS = QUICK_STATISTICS_CAPTIONS
 TIMEOUT = 600.0
 HOOK_LINE = re.compile(r"Perfusion: (\d+) concept\(s\) \[([^\]]*)\] on (\d+) cross-attention layers "
                        r"\((\d+) K/V projections hooked\)")
@@ -46,11 +43,7 @@ TINY_SD1_LAYERS = 7
 def server() -> Iterator[ComfyServer]:
     with ComfyServer() as srv:
         assert srv.pack_loaded(), srv.pack_error()
-        models = srv.models_dir
-        install_file(cached_checkpoint("sd1", "tiny", seed=0), models / "checkpoints" / wf.CHECKPOINT)
-        write_lora(models / "loras" / wf.LORA, "sd1", seed=1, size="tiny")
-        write_controlnet(models / "controlnet" / wf.CONTROLNET, seed=2, family="sd1", size="tiny")
-        install_training_images(srv.input_dir)
+        install_demo_models(srv)
         print(f"\nserver start {srv.start_seconds:.1f} s")
         yield srv
 
