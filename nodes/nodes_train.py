@@ -95,37 +95,40 @@ class TrainPerfusion:
                 "grad_accumulation": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip":
                                       "Micro-batches per optimizer step (1-64, default 4; 4 x 4 = the paper's 16)."}),
                 "lr_values": ("FLOAT", {"default": 0.03, "min": 1e-6, "max": 1.0, "step": 0.001, "tooltip":
-                              "AdamW learning rate of the value targets (default 0.03)."}),
+                              "AdamW learning rate of the value targets (1e-6 to 1, default 0.03)."}),
                 "lr_embedding": ("FLOAT", {"default": 0.006, "min": 1e-6, "max": 1.0, "step": 0.001, "tooltip":
-                                 "AdamW learning rate of the trigger embedding (default 0.006)."}),
+                                 "AdamW learning rate of the trigger embedding (1e-6 to 1, default 0.006)."}),
                 "train_beta": ("FLOAT", {"default": 0.75, "min": -1.0, "max": 2.0, "step": 0.01, "tooltip":
-                               "Gate bias while training (default 0.75; higher gives a better trade-off later)."}),
+                               "Gate bias while training (-1 to 2, default 0.75; higher gives a better trade-off later)."}),
                 "train_tau": ("FLOAT", {"default": 0.1, "min": 0.001, "max": 1.0, "step": 0.01, "tooltip":
                               "Gate temperature while training (0.001-1, default 0.1)."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip":
-                         "Seed of every random draw (noise, timesteps, images, flips, prompts); same seed, same concept."}),
+                         "Seed of every random draw (noise, timesteps, images, flips, prompts; 0 to 2^64-1, default 0); "
+                         "same seed, same concept."}),
                 "resolution": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64, "tooltip":
-                               "Training resolution in pixels (multiple of 64; 512 for SD1.5, 1024 for SDXL)."}),
+                               "Training resolution in pixels (multiple of 64, 64 to 2048, default 512; 512 for SD1.5, "
+                               "1024 for SDXL)."}),
                 "timestep_sets": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip":
                                   "Value-target copies, each owning an equal interval of timesteps (1-16, default "
                                   "1; 2 often balances identity and prompt fidelity)."}),
                 "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip":
-                                           "Recompute UNet activations in backward: less memory, ~30% slower."}),
+                                           "Recompute UNet activations in backward: less memory, ~30% slower (default on)."}),
                 "mask_source": (list(MASK_SOURCES), {"default": MASK_SOURCES[0], "tooltip":
-                                "Where the loss looks. 'mask input if connected' (default): the mask input, "
+                                "Where the loss looks. 'mask input if connected' (the default): the mask input, "
                                 "else whole images. 'none': whole images. 'superclass attention': a mask made "
                                 "from the model's own cross-attention to the superclass word in 'a photo of a "
                                 "<superclass>' (no extra model; see the loss_masks output)."}),
                 "checkpoint_every": ("INT", {"default": 50, "min": 0, "max": 100000, "tooltip":
-                                     "Write the resumable checkpoint every N steps (0 = only at the end or on cancel)."}),
+                                     "Write the resumable checkpoint every N steps (0 to 100000, default 50; 0 = only at the "
+                                     "end or on cancel)."}),
                 "output_name": ("STRING", {"default": "perfusion_concept", "tooltip":
                                 "File name (no extension) in models/perfusion; an existing file gets a _00001 suffix."}),
                 "statistics_captions": ("INT", {"default": 20000, "min": 100, "max": 200000, "step": 100, "tooltip":
-                                        "Built-in captions for the text-encoder statistics C (computed once per "
-                                        "CLIP, cached in models/perfusion/statistics). Default 20000."}),
+                                        "Built-in captions for the text-encoder statistics C (100 to 200000, default "
+                                        "20000; computed once per CLIP, cached in models/perfusion/statistics)."}),
                 "resume_from": ([NO_RESUME] + folders.training_checkpoints(), {"default": NO_RESUME, "tooltip":
                                 "Continue a cancelled or finished run from its checkpoint in "
-                                "models/perfusion/training (same inputs; steps may grow)."}),
+                                "models/perfusion/training (same inputs; steps may grow). Default 'none': a new run."}),
                 "preview_every": ("INT", {"default": 100, "min": 0, "max": 100000, "tooltip":
                                   "Sample preview_prompt every N steps and after the last step (0-100000, default "
                                   "100; 0 = no previews). Shown on the node while training and in the previews "

@@ -51,9 +51,6 @@ _NUMBER = re.compile(r"2\^\d+(?:\s*-\s*1)?|(?<![\w.^])-?\d+(?:\.\d+)?(?:e-?\d+)?
 _BOOL_WORDS = re.compile(r"\b(on|off|true|false)\b", re.IGNORECASE)
 _NUMERIC = ("INT", "FLOAT")
 # Nodes another change is still reworking; strict, so the mark must go once they pass.
-_PENDING = {"TrainPerfusion": "TrainPerfusion tooltips lack defaults/ranges (nodes_train.py is being reworked)"}
-
-
 def numbers_in(text: str) -> list[float]:
     """Every number written in ``text``: 0.5, -1, 1e-6, 100000, 2^64-1."""
     found = []
@@ -113,8 +110,7 @@ def node_problems(cls: type) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("node_id", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=_PENDING[n]))
-                                     if n in _PENDING else n for n in sorted(CONTRACT)])
+@pytest.mark.parametrize("node_id", sorted(CONTRACT))
 def test_node_explains_itself_in_the_ui(pack, node_id):
     """Menu, description, named and described outputs, tooltips giving defaults and ranges."""
     assert set(pack.NODE_CLASS_MAPPINGS) == set(CONTRACT), "a node without a CONTRACT entry is not checked"
