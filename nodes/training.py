@@ -13,8 +13,8 @@ Why it is built this way:
   preview samples, with the concept at its inference gate.
 - ComfyUI runs nodes under ``torch.inference_mode()``, so weights loaded by a
   node are inference tensors, which autograd refuses to save for backward.
-  They are replaced by ordinary copies of equal value (``thaw``); the base
-  model's values are unchanged and never receive gradients.
+  They are replaced by ordinary tensors on the same storage (``thaw``: no
+  copy); the base model's values are unchanged and never receive gradients.
 """
 
 from __future__ import annotations
@@ -103,18 +103,25 @@ def prepare_data(model: Any, vae: Any, images: torch.Tensor, masks: torch.Tensor
 
 # ----------------------------------------------------------------------------- host helpers
 
+def _ordinary_view(t: torch.Tensor) -> torch.Tensor:
+    """An ordinary (non-inference) tensor on the same storage as ``t``: no copy, same values."""
+    view = torch.empty(0, dtype=t.dtype, device=t.device)
+    return view.set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
+
+
 def thaw(module: torch.nn.Module) -> int:
-    """Replace inference-mode parameters/buffers by equal ordinary tensors; returns how many."""
+    """Replace inference-mode parameters/buffers by ordinary tensors on the same storage (so
+    autograd may save them for backward; no memory is copied); returns how many."""
     count = 0
     with torch.inference_mode(False), torch.no_grad():
         for m in module.modules():
             for name, p in list(m._parameters.items()):
                 if p is not None and p.is_inference():
-                    m._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=False)
+                    m._parameters[name] = torch.nn.Parameter(_ordinary_view(p), requires_grad=False)
                     count += 1
             for name, b in list(m._buffers.items()):
                 if b is not None and b.is_inference():
-                    m._buffers[name] = b.clone()
+                    m._buffers[name] = _ordinary_view(b)
                     count += 1
     return count
 
@@ -129,13 +136,19 @@ class CheckpointedForward:
         return torch.utils.checkpoint.checkpoint(self.base, *args, use_reentrant=False, **kwargs)
 
 
-def add_gradient_checkpointing(model: Any) -> None:
+def add_gradient_checkpointing(model: Any) -> int:
+    """Checkpoint every layer of every UNet block; returns how many. The layers, not the blocks:
+    ComfyUI's UNet iterates a block's layers itself and never calls the block's ``forward``."""
     unet = model.model.diffusion_model
-    names = [f"input_blocks.{i}" for i in range(len(unet.input_blocks))] + ["middle_block"]
-    names += [f"output_blocks.{i}" for i in range(len(unet.output_blocks))]
-    for name in names:
-        key = f"diffusion_model.{name}.forward"
-        model.add_object_patch(key, CheckpointedForward(model.get_model_object(key)))
+    blocks = [f"input_blocks.{i}" for i in range(len(unet.input_blocks))] + ["middle_block"]
+    blocks += [f"output_blocks.{i}" for i in range(len(unet.output_blocks))]
+    count = 0
+    for block in blocks:
+        for index, _ in enumerate(unet.get_submodule(block)):
+            key = f"diffusion_model.{block}.{index}.forward"
+            model.add_object_patch(key, CheckpointedForward(model.get_model_object(key)))
+            count += 1
+    return count
 
 
 class OutOfPlaceResidual:
@@ -305,7 +318,7 @@ class PerfusionTrainer:
         self.clip.load_model()
         thawed = thaw(base_model) + thaw(self.clip.cond_stage_model)
         if thawed:
-            log.info("Perfusion training: %d inference-mode tensors copied for autograd", thawed)
+            log.info("Perfusion training: %d inference-mode tensors made visible to autograd (no copy)", thawed)
         device = self.patched.load_device
         sampling = base_model.model_sampling
         # Copies made here are ordinary tensors even if the inputs came from inference mode.

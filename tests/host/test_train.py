@@ -100,6 +100,18 @@ def test_text_encoder_patch_matches_stock_encoding(pack, pipeline):
     assert torch.equal(patched.encode_from_tokens(tokens), stock)
 
 
+def test_thaw_shares_storage(pack):
+    """Inference tensors become ordinary ones autograd can save, without copying a byte."""
+    with torch.inference_mode():
+        layer = torch.nn.Linear(3, 2)
+    pointer = layer.weight.data_ptr()
+    assert pack.nodes.training.thaw(layer) == 2
+    assert not layer.weight.is_inference() and layer.weight.data_ptr() == pointer
+    x = torch.randn(4, 3, requires_grad=True)
+    layer(x).sum().backward()  # refused for inference weights: they would be saved for backward
+    assert torch.allclose(x.grad, layer.weight.sum(0).expand(4, 3))
+
+
 # -- it learns, and the lock holds -------------------------------------------------------------------
 
 
@@ -270,9 +282,13 @@ def test_trains_on_fp8_loaded_base(pack, pipeline, tmp_path_factory, tiny_sd1_ch
     assert fp8.get_model_object(f"diffusion_model.{layer}.to_v").weight.dtype == torch.float8_e4m3fn
 
 
-def test_gradient_checkpointing_gives_the_same_concept(pack, pipeline):
+def test_gradient_checkpointing_gives_the_same_concept(pack, pipeline, monkeypatch):
     plain = train(pack, pipeline, steps=2, output_name="ckpt_off")[0]
+    calls = []
+    checkpoint = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or checkpoint(*a, **k))
     ckpt = train(pack, pipeline, steps=2, gradient_checkpointing=True, output_name="ckpt_on")[0]
+    assert len(calls) > 0, "no layer was checkpointed"
     for layer in plain.v_targets:
         assert torch.allclose(plain.v_targets[layer], ckpt.v_targets[layer], atol=1e-5)
 
