@@ -429,7 +429,9 @@ def api_to_ui(prompt: Mapping[str, Any], object_info: Mapping[str, Any]) -> dict
                 widgets.append(ws.saved)
         node["widgets_values"] = widgets
         rows = max(len(node["inputs"]), len(node["outputs"])) + len(widgets)
-        node["size"] = [320, 46 + 24 * rows]
+        # Nodes that show their images grow by the image once run: leave room, or they cover the next node.
+        room = IMAGE_ROOM if entry["class_type"] in IMAGE_NODES else 0
+        node["size"] = [320, 46 + 24 * rows + room]
 
     for node in ui_nodes.values():
         for out in node["outputs"]:
@@ -454,6 +456,10 @@ def api_to_ui(prompt: Mapping[str, Any], object_info: Mapping[str, Any]) -> dict
     # A content-derived id keeps shipped workflow files stable across regenerations.
     wf_id = str(uuid.uuid5(uuid.NAMESPACE_URL, json.dumps(body, sort_keys=True)))
     return {"id": wf_id, "revision": 0, **body}
+
+
+IMAGE_NODES = ("SaveImage", "PreviewImage")
+IMAGE_ROOM = 300
 
 
 def _layout(ui_nodes: Mapping[str, dict[str, Any]], depth: Mapping[str, int]) -> None:
