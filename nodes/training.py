@@ -332,9 +332,8 @@ class PerfusionTrainer:
                 mm.throw_exception_if_processing_interrupted()
                 draw = micro_batch(s, step, micro, int(data.latents.shape[0]))
                 self.runtime.load([self._concept(live=True)])
-                out = self.clip.encode_from_tokens(self.clip.tokenize(s.templates[draw.template].format(self.trigger)),
-                                                   return_pooled=True, return_dict=True)
-                cond = out.pop("cond")
+                conditioning = encode(self.clip, s.templates[draw.template].format(self.trigger))
+                cond = conditioning[0][0]
                 encodings.append(cond[0, self.positions[draw.template]].detach().float())
                 x0, weight = data.batch(draw.images.to(device), draw.flips.to(device))
                 noise = gaussian_noise(tuple(x0.shape), draw.noise_seed).to(device)
@@ -342,7 +341,7 @@ class PerfusionTrainer:
                 x_t = sampling.noise_scaling(sigma, noise.clone(), x0)
                 self.runtime.step = self.runtime.step_state(sigma, sampling)  # held through backward recomputation
                 try:
-                    denoised = denoise(base_model, model_options, [[[cond, out]]], x_t, sigma, x0, draw.noise_seed)[0]
+                    denoised = denoise(base_model, model_options, [conditioning], x_t, sigma, x0, draw.noise_seed)[0]
                     loss = masked_diffusion_loss(noise_prediction(x_t, denoised, sigma), noise, weight)
                     (loss / s.grad_accumulation).backward()
                 finally:
