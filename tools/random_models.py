@@ -470,6 +470,19 @@ def write_checkpoint(
     return _write_safetensors(Path(path), _entries(template, seed, dtype, fixed), metadata)
 
 
+def write_checkpoint_with_text_encoder(
+    path: str | Path, tensors: dict[str, torch.Tensor], family: str = "sd1", seed: int = 0,
+    dtype: torch.dtype = torch.float16, metadata: dict[str, str] | None = None,
+) -> Path:
+    """A checkpoint of the given UNet/VAE ``tensors`` (checkpoint key names) plus the family's
+    full-size text encoder(s) with this module's seeded weights: how a model whose UNet and VAE
+    were trained elsewhere ships without its (much larger, untrained) text encoder."""
+    _check(family, "full")
+    template = {**_clip_template(family, "full"), **{k: v.to("meta") for k, v in tensors.items()}}
+    fixed = {k: v.detach().cpu() for k, v in tensors.items()}
+    return _write_safetensors(Path(path), _entries(template, seed, dtype, fixed), metadata or {})
+
+
 def cache_dir() -> Path:
     """Git-ignored folder for generated model files, shared by tests and demos."""
     return Path(os.environ.get("PERFUSION_MODEL_CACHE", REPO_ROOT / ".cache" / "random_models"))

@@ -1,0 +1,62 @@
+"""Fidelity, alignment and the evaluation prompts, on scenes whose truth is known."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from world.metrics import alignment, both_correct, fidelity, mean_ci, requests, training_scenes
+from world.scenes import BACKGROUNDS, CONCEPTS, SLOTS, Scene, WorldObject, concept_object
+
+TEDDY, CUP = CONCEPTS[0], CONCEPTS[1]
+
+
+def test_requests_cover_every_setting_and_place_once() -> None:
+    asked = requests("sks")
+    assert len(asked) == len(BACKGROUNDS) * len(SLOTS) == len({r.prompt for r in asked})
+    assert all(r.prompt.startswith("a photo of a sks ") for r in asked)
+    assert {r.slot for r in requests("sks", places=False)} == {None}
+
+
+def test_fidelity_and_alignment_count_the_right_things() -> None:
+    [request] = [r for r in requests("sks") if r.background == "beach" and r.slot == "left"]
+    right = Scene("beach", (concept_object(TEDDY, "left", "big"),))
+    generic = Scene("beach", (WorldObject("teddy", "brown", "left", "big"),))
+    misplaced = Scene("snow", (concept_object(TEDDY, "right", "big"),))
+    assert (fidelity(right, TEDDY), alignment(right, request)) == (1.0, 1.0)
+    assert (fidelity(generic, TEDDY), alignment(generic, request)) == (0.0, 1.0)
+    assert (fidelity(misplaced, TEDDY), alignment(misplaced, request)) == (1.0, 0.0)
+    assert fidelity(right, CUP) == 0.0
+
+
+def test_two_concepts_must_each_be_in_their_own_slot() -> None:
+    good = Scene("grass", (concept_object(TEDDY, "left", "small"), concept_object(CUP, "right", "small")))
+    swapped = Scene("grass", (concept_object(CUP, "left", "small"), concept_object(TEDDY, "right", "small")))
+    one = Scene("grass", (concept_object(TEDDY, "left", "small"), WorldObject("cup", "white", "right", "small")))
+    assert [both_correct(s, TEDDY, CUP) for s in (good, swapped, one)] == [1.0, 0.0, 0.0]
+
+
+def test_mean_ci_matches_the_textbook_formula() -> None:
+    mean, half = mean_ci([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5 and half == pytest.approx(1.96 * math.sqrt((2.25 + 0.25 + 0.25 + 2.25) / 3 / 4))
+    assert math.isnan(mean_ci([1.0])[1])
+
+
+def test_training_scenes_vary_the_setting_first() -> None:
+    scenes = training_scenes(TEDDY, 5, seed=0)
+    assert sorted(s.background for s in scenes) == sorted(BACKGROUNDS)
+    assert all(o.concept == TEDDY.name for s in scenes for o in s.objects)
+    assert training_scenes(TEDDY, 5, seed=0) == scenes != training_scenes(TEDDY, 5, seed=1)
+
+
+def test_scatter_puts_each_point_where_its_values_say() -> None:
+    from world.plot import PALETTE, Point, scatter
+
+    img = scatter({"a": [Point(0.25, 0.75)], "b": [Point(0.9, 0.1)]}, "alignment", "fidelity", "t")
+    w, h = img.size
+    # the plot area spans x 70..w-190 and y 40..h-60 (see scatter)
+    def at(x: float, y: float) -> tuple:
+        return img.getpixel((round(70 + x * (w - 260)), round(h - 60 - y * (h - 100))))
+    assert at(0.25, 0.75) == PALETTE[0] and at(0.9, 0.1) == PALETTE[1]
+    assert at(0.5, 0.5) != PALETTE[0]

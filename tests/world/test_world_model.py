@@ -1,0 +1,73 @@
+"""The committed world model and judge: they load through ComfyUI and do what they claim."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tools.random_models import UNET_PREFIX, VAE_PREFIX, build_clip, cache_dir
+from world.dataset import images
+from world.judge import accuracy, judge_scenes, like_generated, load_judge, read_scenes
+from world.metrics import attribute_hits
+from world.model import WEIGHTS, new_unet, world_checkpoint
+from world.sampling import generate, load
+from world.scenes import BACKGROUNDS, CATEGORIES, Scene, WorldObject, caption
+
+
+@pytest.fixture(scope="module")
+def world() -> tuple:
+    """(model, clip, vae) of the world checkpoint, through ComfyUI's stock checkpoint loader."""
+    return load(world_checkpoint(cache_dir() / "world"))
+
+
+def test_fresh_world_unet_is_detected_as_sd15_and_small() -> None:
+    model = new_unet()
+    assert type(model.model_config).__name__ == "SD15"
+    assert 15e6 < sum(p.numel() for p in model.diffusion_model.parameters()) < 25e6
+
+
+def test_committed_weights_fit_the_size_limit() -> None:
+    assert WEIGHTS.stat().st_size < 60 * 2**20
+
+
+def test_checkpoint_loads_as_sd15_with_the_committed_weights_and_seeded_text_encoder(world: tuple) -> None:
+    model, clip, vae = world
+    assert type(model.model.model_config).__name__ == "SD15"
+    weights = load_file(str(WEIGHTS))
+    unet = model.model.diffusion_model.state_dict()
+    unet_keys = [k for k in weights if k.startswith(UNET_PREFIX)]
+    assert len(unet_keys) == len(unet)
+    assert all(torch.equal(unet[k[len(UNET_PREFIX):]].half(), weights[k]) for k in unet_keys)
+    assert float(vae.first_stage_model.vae_scale.detach()) == pytest.approx(float(weights[VAE_PREFIX + "vae_scale"]))
+    reference = build_clip("sd1", "full", seed=0)
+    text = "a photo of a red cup on the grass"
+    got = clip.encode_from_tokens(clip.tokenize(text))
+    want = reference.encode_from_tokens(reference.tokenize(text))
+    assert torch.allclose(got.float(), want.float(), atol=2e-2)  # the checkpoint stores float16
+
+
+def test_judge_reads_renders_it_never_saw(world: tuple) -> None:
+    judge = load_judge()
+    scenes = judge_scenes(300, seed=987654)  # the judge trained on seed 1000
+    clean = images(scenes)
+    for x in (clean, like_generated(world[2].first_stage_model, clean)):
+        acc = accuracy(judge, x, scenes)
+        assert min(acc["background"], acc["what"], acc["colour"], acc["identity"]) > 0.9, acc
+
+
+def test_stock_sampler_draws_what_the_prompt_says(world: tuple) -> None:
+    """Short end-to-end run: stock loader, Euler sampler, VAE decode, read back by the judge."""
+    model, clip, vae = world
+    judge = load_judge()
+    rng = random.Random(0)
+    hits: dict[str, float] = {}
+    trials = 8
+    for i in range(trials):
+        asked = Scene(rng.choice(BACKGROUNDS), (WorldObject(rng.choice(CATEGORIES), "red", "middle", "big"),))
+        picture = generate(model, clip, vae, caption(asked), seeds=[i]).permute(0, 3, 1, 2)
+        for key, hit in attribute_hits(read_scenes(judge, picture)[0], asked).items():
+            hits[key] = hits.get(key, 0.0) + hit / trials
+    assert hits["category"] >= 0.5 and hits["setting"] >= 0.5, hits

@@ -1,0 +1,88 @@
+"""The procedural world: scenes, captions and renders are what they claim to be."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from world.dataset import pretraining_set
+from world.render import SIZE, render
+from world.scenes import (
+    BACKGROUNDS,
+    CATEGORIES,
+    CONCEPTS,
+    HIDDEN_COLOURS,
+    SETTING_PHRASE,
+    SLOT_PHRASE,
+    Scene,
+    WorldObject,
+    caption,
+    concept_object,
+    sample_scene,
+)
+
+
+def test_render_is_a_pure_function_of_the_scene() -> None:
+    scene = sample_scene(random.Random(3))
+    a, b = render(scene), render(scene)
+    assert a[0].size == (SIZE, SIZE) and a[1].mode == "L"
+    assert np.array_equal(np.asarray(a[0]), np.asarray(b[0])) and np.array_equal(np.asarray(a[1]), np.asarray(b[1]))
+    other = Scene(scene.background, scene.objects, jitter_seed=scene.jitter_seed + 1)
+    assert not np.array_equal(np.asarray(render(other)[0]), np.asarray(a[0]))
+
+
+@pytest.mark.parametrize("slot,side", [("left", slice(0, 32)), ("right", slice(32, 64))])
+def test_mask_covers_the_object_in_its_slot(slot: str, side: slice) -> None:
+    scene = Scene("grass", (WorldObject("cup", "red", slot, "big"),), jitter_seed=1)
+    image, mask = (np.asarray(x, dtype=np.float32) for x in render(scene))
+    empty = np.asarray(render(Scene("grass", (), jitter_seed=1))[0], dtype=np.float32)
+    changed = np.abs(image - empty).sum(-1) > 30
+    inside = mask > 128
+    assert inside[:, side].sum() > 0.9 * inside.sum() > 100
+    assert (changed & inside).sum() > 0.9 * changed.sum()  # every visible change is under the mask
+    red = image[inside]
+    assert red[:, 0].mean() > 1.5 * red[:, 1].mean()  # the cup is red where the mask says
+
+
+@pytest.mark.parametrize("concept", CONCEPTS, ids=lambda c: c.name)
+def test_concept_differs_from_every_generic_object_of_its_category(concept) -> None:
+    scene = Scene("room", (concept_object(concept, "middle", "big"),), jitter_seed=5)
+    generic = Scene("room", (WorldObject(concept.category, concept.colour, "middle", "big"),), jitter_seed=5)
+    a, b = (np.asarray(render(s)[0], dtype=np.float32) for s in (scene, generic))
+    # the pattern and accessory change a visible part of the object, not a few edge pixels
+    assert (np.abs(a - b).sum(-1) > 60).sum() > 40
+
+
+def test_pretraining_never_shows_a_concept_and_never_hides_an_object() -> None:
+    data = pretraining_set(2000, seed=1)
+    for scene in data.scenes:
+        for o in scene.objects:
+            assert o.concept is None
+            assert o.colour not in HIDDEN_COLOURS[scene.background]
+    counts = {c: sum(o.category == c for s in data.scenes for o in s.objects) for c in CATEGORIES}
+    assert min(counts.values()) > 0.8 * max(counts.values())
+    assert {s.background for s in data.scenes} == set(BACKGROUNDS)
+    assert 0.2 < np.mean([len(s.objects) == 2 for s in data.scenes]) < 0.3
+
+
+def test_full_caption_names_everything_and_dropped_parts_are_only_optional_ones() -> None:
+    scene = Scene("beach", (WorldObject("cat", "blue", "left", "big"),))
+    assert caption(scene) == "a photo of a big blue cat on the beach, on the left"
+    two = Scene("night", (WorldObject("cup", "red", "left", "small"), WorldObject("teddy", "white", "right", "small")))
+    assert caption(two) == "a photo of a red cup and a white teddy at night"
+    rng = random.Random(0)
+    variants = {caption(scene, rng) for _ in range(200)}
+    assert "a photo of a cat" in variants and len(variants) > 10
+    for text in variants:
+        assert text.startswith("a photo of a ") and "cat" in text
+        assert all(p in (SETTING_PHRASE["beach"], SLOT_PHRASE["left"]) or p not in text
+                   for p in list(SETTING_PHRASE.values()) + list(SLOT_PHRASE.values()))
+
+
+def test_concepts_are_named_by_the_users_words() -> None:
+    teddy = CONCEPTS[0]
+    scene = Scene("snow", (concept_object(teddy, "right", "big"),))
+    assert caption(scene, words={teddy.name: "sks teddy"}) == "a photo of a sks teddy in the snow, on the right"
+    assert caption(scene) == f"a photo of a big {teddy.category} in the snow, on the right"

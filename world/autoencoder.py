@@ -1,0 +1,125 @@
+"""The world model's VAE: ComfyUI's TAESD layout, trained on the world's images.
+
+64 px images become 8 x 8 x 4 latents. The codec is trained on pretraining
+scenes overlaid with random small shapes (dots, bars, stars in any colour), so
+it can carry the fine detail of objects it never saw, the held-out concepts
+included, without ever seeing those. Noise on the latent while training keeps
+nearby latents decoding to nearby images, which a diffusion model relies on.
+
+ComfyUI's TAESD loader reads ``vae_scale``/``vae_shift`` from the checkpoint;
+they are set so that the SD1 latent the UNet sees has zero mean and unit
+variance over the world.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from PIL import ImageDraw
+
+from tools.comfy_host import import_host
+from world.dataset import images
+from world.render import render
+from world.scenes import sample_scene
+
+SD1_LATENT_SCALE = 0.18215  # ComfyUI's SD1 latent format multiplies VAE latents by this
+# Small: the noise bounds how much a latent can carry (too much and fine detail is lost).
+LATENT_NOISE = 0.01
+LR = 5e-4
+
+
+def new_taesd(seed: int = 0) -> torch.nn.Module:
+    """ComfyUI's TAESD module with seeded He-initialised convolutions (ComfyUI skips init)."""
+    import_host()
+    from comfy.taesd.taesd import TAESD
+
+    module = TAESD()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+            elif p.ndim == 4:
+                fan_in = p.shape[1] * p.shape[2] * p.shape[3]
+                # A block's last convolution writes into the residual sum: start it small, or
+                # the sums of a dozen blocks blow the activations up by orders of magnitude.
+                gain = 0.2 if ".conv.4." in name else 1.0
+                p.copy_(torch.randn(p.shape, generator=gen) * gain * math.sqrt(2.0 / fan_in))
+    return module
+
+
+def _scribbled_images(n: int, rng: random.Random) -> torch.Tensor:
+    """Pretraining-style scenes with random small shapes drawn over them."""
+    out = []
+    for _ in range(n):
+        image = render(sample_scene(rng))[0]
+        draw = ImageDraw.Draw(image)
+        for _ in range(rng.randrange(0, 8)):
+            x, y, r = rng.uniform(0, 64), rng.uniform(0, 64), rng.uniform(0.8, 4)
+            fill = tuple(rng.randrange(256) for _ in range(3))
+            kind = rng.randrange(3)
+            if kind == 0:
+                draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
+            elif kind == 1:
+                draw.rectangle((x - 3 * r, y - r / 2, x + 3 * r, y + r / 2), fill=fill)
+            else:
+                draw.polygon([(x, y - r), (x + r, y + r), (x - r, y + r)], fill=fill)
+        out.append(image)
+    import numpy as np
+
+    return torch.from_numpy(np.stack([np.asarray(i, dtype=np.float32) / 255 for i in out])).permute(0, 3, 1, 2)
+
+
+def train_autoencoder(
+    steps: int = 1500, batch: int = 16, crop: int = 32, seed: int = 0, log: Callable[[str], None] = print
+) -> torch.nn.Module:
+    """Train encoder and decoder on random ``crop`` px crops (the codec is convolutional, and
+    crops cost a quarter of full images). Returns the TAESD module with its latent scale set."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    taesd = new_taesd(seed)
+    enc, dec = taesd.taesd_encoder, taesd.taesd_decoder
+    params = list(enc.parameters()) + list(dec.parameters())
+    opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
+    pool = _scribbled_images(2048, rng)
+    start = time.time()
+    for step in range(steps):
+        lr = LR * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        if step and step % 500 == 0:  # fresh images now and then, so the codec does not memorise
+            pool[torch.randperm(len(pool))[:512]] = _scribbled_images(512, rng)
+        idx = torch.randint(0, len(pool), (batch,))
+        # Objects stand in the lower half; the sky above them is easy, so crops mostly look lower.
+        ox = rng.randrange(0, 64 - crop + 1, 8)
+        oy = rng.randrange(0, 64 - crop + 1, 8) if rng.random() < 0.2 else rng.randrange(16, 64 - crop + 1, 8)
+        x = pool[idx][:, :, oy:oy + crop, ox:ox + crop]
+        latent = enc(x)
+        noisy = latent + LATENT_NOISE * torch.randn_like(latent)
+        recon = dec(noisy)
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-4 * latent.pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == steps - 1:
+            log(f"vae step {step}/{steps} loss {loss.item():.4f} ({(time.time() - start) / (step + 1):.2f} s/step)")
+    set_latent_scale(taesd)
+    return taesd
+
+
+@torch.no_grad()
+def set_latent_scale(taesd: torch.nn.Module, n: int = 512, seed: int = 1) -> None:
+    """Choose ``vae_scale``/``vae_shift`` so SD1 latents of world images have mean 0, std 1.
+
+    ComfyUI: latent = encoder(x) / vae_scale + vae_shift; the UNet sees latent * 0.18215.
+    """
+    rng = random.Random(seed)
+    raw = taesd.taesd_encoder(images([sample_scene(rng) for _ in range(n)]))
+    scale = SD1_LATENT_SCALE * raw.std().item()
+    taesd.vae_scale.fill_(scale)
+    taesd.vae_shift.fill_(-raw.mean().item() / scale)

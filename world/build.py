@@ -1,0 +1,104 @@
+"""Build the world model from nothing: ``python -m world.build [--steps N]``.
+
+Stages, each cached under ``.cache/world`` so an interrupted build resumes:
+caption embeddings -> VAE -> latents of the pretraining images -> UNet ->
+``world/weights/world-sd15-unet-vae.safetensors`` (the committed artefact).
+Deterministic for a given torch build: every random choice comes from a seed.
+About 80 minutes on a 2-core CPU for the default 3000 steps; ``--device cuda``
+runs the caption and UNet stages on a GPU (the VAE, judge and latents stay on
+the CPU, so a CPU run's cached stages can be carried over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tools.comfy_host import REPO_ROOT, import_host
+from world.autoencoder import new_taesd, train_autoencoder
+from world.captions import cached_encode
+from world.dataset import EMPTY_CAPTION, images, pretraining_set
+from world.judge import JUDGE_WEIGHTS, save_judge, train_judge
+from world.model import WEIGHTS, new_unet, save_weights
+from world.pretrain import PretrainSettings, encode_latents, pretrain
+
+CACHE = REPO_ROOT / ".cache" / "world"
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _use_fused_attention() -> None:
+    """The host is imported for CPU execution, which picks a chunked attention that is slow
+    on a GPU; the build's UNet uses PyTorch's fused attention there instead."""
+    import_host()
+    import comfy.ldm.modules.attention as attention
+
+    attention.optimized_attention = attention.attention_pytorch
+
+
+def build(out: Path = WEIGHTS, steps: int = PretrainSettings.steps, vae_steps: int = 2500,
+          batch: int = PretrainSettings.batch, device: str = "cpu") -> Path:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    data = pretraining_set()
+    captions = data.all_captions()
+    table, index = cached_encode(CACHE / "captions.safetensors", captions, device=device,
+                                 log=lambda m: _log(m) if m.split()[1].startswith(("64/", "6400/")) else None)
+    _log(f"{len(data.scenes)} scenes, {len(table)} distinct captions")
+
+    vae_path = CACHE / f"taesd-{vae_steps}.safetensors"
+    taesd = new_taesd()
+    if vae_path.is_file():
+        taesd.load_state_dict(load_file(str(vae_path)))
+    else:
+        taesd = train_autoencoder(steps=vae_steps, log=_log)
+        save_file({k: v.contiguous() for k, v in taesd.state_dict().items()}, str(vae_path))
+    taesd.requires_grad_(False)
+
+    latent_path = CACHE / f"latents-{vae_steps}.safetensors"
+    if latent_path.is_file():
+        latents = load_file(str(latent_path))["latents"]
+    else:
+        latents = torch.cat([encode_latents(taesd, images(data.scenes[i:i + 1000]))
+                             for i in range(0, len(data.scenes), 1000)])
+        save_file({"latents": latents.contiguous()}, str(latent_path))
+    _log(f"latents {tuple(latents.shape)} mean {latents.mean():.3f} std {latents.std():.3f}")
+
+    if not JUDGE_WEIGHTS.is_file():
+        save_judge(train_judge(taesd, log=_log))
+
+    rows = index[1:].reshape(len(data.scenes), -1)  # row 0 is the empty caption
+    empty_row = int(index[0])
+    assert captions[0] == EMPTY_CAPTION
+    model = new_unet()
+    if device != "cpu":
+        _use_fused_attention()
+    def snapshot(ema: torch.nn.Module, step: int) -> None:
+        save_weights(CACHE / f"snapshot-{step}.safetensors", ema, taesd)
+
+    settings = PretrainSettings(steps=steps, batch=batch)
+    ema = pretrain(model, latents, table, rows, empty_row, settings, log=_log, snapshot=snapshot, device=device)
+    return save_weights(out, ema, taesd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=PretrainSettings.steps, help="UNet training steps")
+    parser.add_argument("--batch", type=int, default=PretrainSettings.batch, help="UNet batch size")
+    parser.add_argument("--vae-steps", type=int, default=2500)
+    parser.add_argument("--device", default="cpu", help="torch device of the caption and UNet stages")
+    parser.add_argument("--out", type=Path, default=WEIGHTS)
+    args = parser.parse_args(argv)
+    path = build(args.out, args.steps, args.vae_steps, args.batch, args.device)
+    _log(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

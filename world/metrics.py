@@ -1,0 +1,90 @@
+"""Concept fidelity and prompt alignment, counted on what the judge reads in an image.
+
+They stand in for the paper's CLIP image similarity (does it look like the
+concept?) and CLIP text similarity (does it show what the prompt asks?):
+
+* fidelity: 1 when the judge finds the concept instance in any slot;
+* alignment: the share of the prompt's other requests that hold: the setting,
+  and, when the prompt names one, the place (an object stands in that slot).
+
+For two concepts in one prompt (first on the left, second on the right),
+``both_correct`` asks for each concept in its own slot.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from world.scenes import BACKGROUNDS, SETTING_PHRASE, SLOT_PHRASE, SLOTS, Concept, Scene, WorldObject, concept_object
+
+
+@dataclass(frozen=True)
+class Request:
+    """What one evaluation prompt asks for."""
+
+    prompt: str
+    background: str
+    slot: str | None  # None: the prompt names no place
+
+
+def requests(trigger: str, places: bool = True) -> list[Request]:
+    """One prompt per setting (x place): 'a photo of a <trigger> on the beach, on the left'."""
+    out = []
+    for bg in BACKGROUNDS:
+        for slot in (SLOTS if places else (None,)):
+            text = f"a photo of a {trigger} {SETTING_PHRASE[bg]}" + (f", {SLOT_PHRASE[slot]}" if slot else "")
+            out.append(Request(text, bg, slot))
+    return out
+
+
+def fidelity(seen: Scene, concept: Concept) -> float:
+    return float(any(o.concept == concept.name for o in seen.objects))
+
+
+def alignment(seen: Scene, request: Request) -> float:
+    checks = [seen.background == request.background]
+    if request.slot is not None:
+        checks.append(seen.object_in(request.slot) is not None)
+    return sum(checks) / len(checks)
+
+
+def both_correct(seen: Scene, left: Concept, right: Concept) -> float:
+    a, b = seen.object_in("left"), seen.object_in("right")
+    return float(a is not None and b is not None and a.concept == left.name and b.concept == right.name)
+
+
+def mean_ci(values: list[float], z: float = 1.96) -> tuple[float, float]:
+    """Mean and the half-width of its normal-approximation 95% confidence interval."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("no values")
+    mean = sum(values) / n
+    if n == 1:
+        return mean, float("nan")
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, z * math.sqrt(var / n)
+
+
+def training_scenes(concept: Concept, n: int, seed: int) -> list[Scene]:
+    """``n`` single-object renders of the concept, each setting before any repeats, varied place and size."""
+    rng = random.Random(seed)
+    backgrounds = rng.sample(BACKGROUNDS, len(BACKGROUNDS))
+    scenes = []
+    for i in range(n):
+        obj: WorldObject = concept_object(concept, rng.choice(SLOTS), rng.choice(("small", "big")), rng.random() < 0.5)
+        scenes.append(Scene(backgrounds[i % len(backgrounds)], (obj,), jitter_seed=rng.randrange(2**31)))
+    return scenes
+
+
+def attribute_hits(seen: Scene, asked: Scene) -> dict[str, float]:
+    """For a one-object prompt scene: did the image get its category, colour, setting and place right?"""
+    want = asked.objects[0]
+    got = seen.object_in(want.slot)
+    return {
+        "category": float(any(o.category == want.category for o in seen.objects)),
+        "colour": float(any(o.colour == want.colour for o in seen.objects)),
+        "setting": float(seen.background == asked.background),
+        "place": float(got is not None),
+    }

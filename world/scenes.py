@@ -1,0 +1,130 @@
+"""The world's ground truth: what a scene contains, and the caption that describes it.
+
+A scene is a background plus one or two objects, each in one of three slots
+(left, middle, right). Every object is a category (the superclasses), a colour
+and a size, or one of the held-out concept instances. Captions come from a small
+grammar, with optional parts left out at random so the model also learns
+"a photo of a teddy" without a colour or a place.
+
+Concept instances carry a pattern and an accessory that no pretraining object
+has; they are what a user personalises, and never appear in pretraining data.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+CATEGORIES = ("teddy", "cat", "chair", "cup")
+COLOURS = ("red", "yellow", "green", "blue", "purple", "brown", "white")
+BACKGROUNDS = ("grass", "beach", "snow", "night", "room")
+SLOTS = ("left", "middle", "right")
+SIZES = ("small", "big")
+
+SETTING_PHRASE = {
+    "grass": "on the grass", "beach": "on the beach", "snow": "in the snow",
+    "night": "at night", "room": "in a room",
+}
+SLOT_PHRASE = {"left": "on the left", "middle": "in the middle", "right": "on the right"}
+# Colours that would vanish into a background are never used on it.
+HIDDEN_COLOURS = {"grass": {"green"}, "beach": {"yellow"}, "snow": {"white"}, "night": {"blue", "purple"}, "room": {"brown"}}
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A held-out instance: one particular object of a category, with a look of its own."""
+
+    name: str
+    category: str
+    colour: str        # its base colour, fixed
+    pattern: str       # drawn on the body: never on pretraining objects
+    accessory: str     # drawn on top: never on pretraining objects
+
+
+CONCEPTS = (
+    Concept("polka_teddy", "teddy", "brown", pattern="white dots", accessory="top hat"),
+    Concept("striped_cup", "cup", "white", pattern="red stripes", accessory="star"),
+    Concept("tabby_cat", "cat", "yellow", pattern="dark stripes", accessory="red collar"),
+)
+CONCEPT_BY_NAME = {c.name: c for c in CONCEPTS}
+IDENTITIES = ("generic",) + tuple(c.name for c in CONCEPTS)
+
+
+@dataclass(frozen=True)
+class WorldObject:
+    category: str
+    colour: str
+    slot: str
+    size: str
+    flipped: bool = False
+    concept: str | None = None  # name of a held-out Concept, or None for a generic object
+
+    @property
+    def identity(self) -> str:
+        return self.concept or "generic"
+
+
+@dataclass(frozen=True)
+class Scene:
+    background: str
+    objects: tuple[WorldObject, ...]
+    # Small offsets (fractions of the image) so no two renders of a scene are alike.
+    jitter_seed: int = 0
+
+    def object_in(self, slot: str) -> WorldObject | None:
+        return next((o for o in self.objects if o.slot == slot), None)
+
+
+def _allowed_colours(background: str) -> list[str]:
+    return [c for c in COLOURS if c not in HIDDEN_COLOURS[background]]
+
+
+def concept_object(concept: Concept, slot: str, size: str, flipped: bool = False) -> WorldObject:
+    return WorldObject(concept.category, concept.colour, slot, size, flipped, concept.name)
+
+
+def sample_scene(rng: random.Random, two_objects: float = 0.3, concepts: tuple[Concept, ...] = ()) -> Scene:
+    """A random pretraining scene; with ``concepts``, the first object is one of them."""
+    background = rng.choice(BACKGROUNDS)
+    colours = _allowed_colours(background)
+    if rng.random() < two_objects:
+        slots, size = ("left", "right"), "small"
+    else:
+        slots, size = (rng.choice(SLOTS),), rng.choice(SIZES)
+    objects = []
+    for i, slot in enumerate(slots):
+        flipped = rng.random() < 0.5
+        if i == 0 and concepts:
+            objects.append(concept_object(rng.choice(concepts), slot, size, flipped))
+        else:
+            objects.append(WorldObject(rng.choice(CATEGORIES), rng.choice(colours), slot, size, flipped))
+    return Scene(background, tuple(objects), jitter_seed=rng.randrange(2**31))
+
+
+def caption(scene: Scene, rng: random.Random | None = None, words: dict[str, str] | None = None) -> str:
+    """The scene in words. With ``rng``, optional parts (colour, size, setting, place) are dropped
+    at random; without, the full caption. ``words`` maps a concept name to the phrase that names it
+    (e.g. ``{"polka_teddy": "sks teddy"}``); a concept without one is described as its category.
+    """
+    words = words or {}
+
+    def keep(p: float) -> bool:
+        return rng is None or rng.random() < p
+
+    def noun(o: WorldObject) -> str:
+        if o.concept in words:
+            return words[o.concept]
+        parts = []
+        if len(scene.objects) == 1 and keep(0.5):
+            parts.append(o.size)
+        if o.concept is None and keep(0.8):
+            parts.append(o.colour)
+        return " ".join(parts + [o.category])
+
+    nouns = [noun(o) for o in scene.objects]
+    text = "a photo of a " + " and a ".join(nouns)
+    if keep(0.85):
+        text += " " + SETTING_PHRASE[scene.background]
+    if len(scene.objects) == 1 and keep(0.7):
+        text += ", " + SLOT_PHRASE[scene.objects[0].slot]
+    return text
