@@ -105,13 +105,22 @@ class TriggerTokenizer:
         present = [e for e in entries if e.pattern.search(text)]
         if not present:
             return self.base.tokenize_with_weights(text, return_word_ids, **kwargs)
-        used = token_ids(self.base.tokenize_with_weights(text, **kwargs))
+        # A sentinel is free if the prompt's other words do not use it: the triggers themselves are
+        # replaced, so a trigger that is a sentinel word ("sks") does not take one from the pool.
+        rest = text
+        for e in present:
+            rest = e.pattern.sub(" ", rest)
+        used = token_ids(self.base.tokenize_with_weights(rest, **kwargs))
         free = [(w, ids) for w, ids in self._sentinels if all(ids[k] not in used.get(k, ()) for k in ids)]
         if len(free) < len(present):
             raise ConceptError(f"prompt uses too many Perfusion triggers at once ({len(present)}); at most {len(free)}")
+        word_of = {e.trigger.strip().lower(): w for e, (w, _) in zip(present, free)}
+        # One pass over all triggers: substituting one after another could turn a trigger into a
+        # sentinel word that the next substitution then takes for its own trigger.
+        either = re.compile("|".join(f"(?:{e.pattern.pattern})" for e in present), re.IGNORECASE)
+        text = either.sub(lambda m: word_of[m.group(0).lower()], text)
         swap: dict[tuple[str, int], torch.Tensor] = {}
-        for entry, (word, ids) in zip(present, free):
-            text = entry.pattern.sub(word, text)
+        for entry, (_, ids) in zip(present, free):
             for key, tid in ids.items():
                 swap[(key, tid)] = entry.embeddings[key]
         tokens = self.base.tokenize_with_weights(text, return_word_ids, **kwargs)

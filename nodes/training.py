@@ -15,6 +15,9 @@ Why it is built this way:
   node are inference tensors, which autograd refuses to save for backward.
   They are replaced by ordinary tensors on the same storage (``thaw``: no
   copy); the base model's values are unchanged and never receive gradients.
+  On a GPU the weights were moved by ``param.data = copy``: the parameter then
+  reports ``is_inference() == False`` yet still has no version counter, and
+  even ``weight.t()`` inside ``F.linear`` fails, so ``thaw`` tests for that.
 """
 
 from __future__ import annotations
@@ -109,6 +112,18 @@ def _ordinary_view(t: torch.Tensor) -> torch.Tensor:
     return view.set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
 
 
+def _frozen(t: torch.Tensor) -> bool:
+    """Whether autograd cannot use ``t``: an inference tensor, or a parameter made in inference mode
+    whose ``.data`` was swapped later (ComfyUI moving weights to a GPU), which has no version counter."""
+    if t.is_inference():
+        return True
+    try:
+        _ = t._version  # raises for a tensor without a version counter
+    except RuntimeError:
+        return True
+    return False
+
+
 def thaw(module: torch.nn.Module) -> int:
     """Replace inference-mode parameters/buffers by ordinary tensors on the same storage (so
     autograd may save them for backward; no memory is copied); returns how many."""
@@ -116,11 +131,11 @@ def thaw(module: torch.nn.Module) -> int:
     with torch.inference_mode(False), torch.no_grad():
         for m in module.modules():
             for name, p in list(m._parameters.items()):
-                if p is not None and p.is_inference():
+                if p is not None and _frozen(p):
                     m._parameters[name] = torch.nn.Parameter(_ordinary_view(p), requires_grad=False)
                     count += 1
             for name, b in list(m._buffers.items()):
-                if b is not None and b.is_inference():
+                if b is not None and _frozen(b):
                     m._buffers[name] = _ordinary_view(b)
                     count += 1
     return count

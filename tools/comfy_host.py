@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 ENV_VAR = "PERFUSION_COMFYUI"
+DEVICE_ENV_VAR = "PERFUSION_DEVICE"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _DEFAULT_HOST = REPO_ROOT / ".host" / "ComfyUI"
 
@@ -69,7 +70,9 @@ def import_host() -> None:
         sys.path.insert(0, root)
     import comfy.cli_args  # noqa: E402  (needs the path set up above)
 
-    comfy.cli_args.args.cpu = True
+    # Tests and tools run on CPU everywhere; $PERFUSION_DEVICE=auto lets ComfyUI pick a GPU
+    # (used to run the world experiments on a GPU machine).
+    comfy.cli_args.args.cpu = os.environ.get(DEVICE_ENV_VAR, "cpu") != "auto"
     _imported = True
 
 

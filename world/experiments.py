@@ -7,24 +7,32 @@ spells its training settings, so re-running an experiment only samples.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 
 from world.host import WorldHost
-from world.metrics import Request, alignment, fidelity, mean_ci, requests, training_scenes
-from world.scenes import CONCEPT_BY_NAME, Concept
+from world.metrics import Request, alignment, both_correct, fidelity, mean_ci, requests, training_scenes
+from world.scenes import BACKGROUNDS, CONCEPT_BY_NAME, SETTING_PHRASE, Concept
 
 TRIGGER = "sks"
+SECOND_TRIGGER = "zwx"
+
+
+_SHORT = {"concept": "", "trigger": "", "train_beta": "tbeta", "lr_values": "lr", "timestep_sets": "tsets", "batch_size": "batch",
+          "grad_accumulation": "accum", "statistics_captions": "stat"}
 
 
 @dataclass(frozen=True)
 class TrainSpec:
     concept: str = "polka_teddy"
+    trigger: str = TRIGGER
     shots: int = 5
     steps: int = 200
     seed: int = 0
+    lr_values: float = 0.03
     train_beta: float = 0.75
     masked: bool = True
     timestep_sets: int = 1
@@ -33,7 +41,8 @@ class TrainSpec:
     statistics_captions: int = 500
 
     def name(self) -> str:
-        return "world_" + "_".join(f"{k}{v}" for k, v in asdict(self).items())
+        """A file name (under TrainPerfusion's 150-character limit) that spells every setting."""
+        return "world_" + "_".join(f"{_SHORT.get(k, k)}{v}" for k, v in asdict(self).items())
 
 
 @dataclass(frozen=True)
@@ -58,9 +67,9 @@ def train_concept(host: WorldHost, spec: TrainSpec) -> Any:
     images, masks = host.images_of(training_scenes(concept, spec.shots, seed=spec.seed))
     with torch.inference_mode():
         result = nodes.nodes_train.TrainPerfusion().train(
-            host.model, host.clip, host.vae, images=images, trigger_word=TRIGGER, superclass=concept.category,
+            host.model, host.clip, host.vae, images=images, trigger_word=spec.trigger, superclass=concept.category,
             steps=spec.steps, batch_size=min(spec.batch_size, spec.shots), grad_accumulation=spec.grad_accumulation,
-            lr_values=0.03, lr_embedding=0.006, train_beta=spec.train_beta, train_tau=0.1, seed=spec.seed,
+            lr_values=spec.lr_values, lr_embedding=0.006, train_beta=spec.train_beta, train_tau=0.1, seed=spec.seed,
             resolution=64, timestep_sets=spec.timestep_sets, gradient_checkpointing=False,
             mask_source="mask input if connected" if spec.masked else "none", checkpoint_every=0,
             output_name=name, statistics_captions=spec.statistics_captions, preview_every=0,
@@ -68,11 +77,12 @@ def train_concept(host: WorldHost, spec: TrainSpec) -> Any:
     return result[0]
 
 
-def apply(host: WorldHost, concept: Any, gate: GateSpec) -> tuple[Any, Any]:
+def apply(host: WorldHost, concept: Any, gate: GateSpec, model: Any = None, clip: Any = None) -> tuple[Any, Any]:
+    """(MODEL, CLIP) with the gated concept applied on top of ``model``/``clip`` (default: the base)."""
     nodes = host.pack.nodes
     gated = nodes.nodes_concept.ConceptGate().gate(concept, gate.beta, gate.tau, gate.strength,
                                                   gate.start_percent, gate.end_percent, gate.lock)[0]
-    return nodes.nodes_apply.ApplyKeyLockedEdit().apply(host.model, host.clip, gated)
+    return nodes.nodes_apply.ApplyKeyLockedEdit().apply(model or host.model, clip or host.clip, gated)
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,100 @@ def front(host: WorldHost, base: TrainSpec, train_seeds: list[int], betas: list[
         rows.append({"lock": lock, "beta": beta, "tau": tau, "fidelity": f, "fidelity_ci": fci,
                      "alignment": a, "alignment_ci": aci, "seeds": len(scores), "images": sum(s.images for s in scores)})
     return rows
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """ComfyUI's own TrainLoraNode on the same renders, prompt 'a photo of a <trigger>' for every image."""
+
+    concept: str = "polka_teddy"
+    shots: int = 5
+    steps: int = 200
+    seed: int = 0
+    rank: int = 8
+    lr: float = 5e-4
+    batch_size: int = 4
+
+
+def train_lora(host: WorldHost, spec: LoraSpec) -> tuple[Any, int]:
+    """(MODEL with the trained LoRA, the LoRA's size in bytes as float16)."""
+    from comfy_extras.nodes_train import TrainLoraNode
+
+    from world.sampling import conditioning
+
+    images, _ = host.images_of(training_scenes(CONCEPT_BY_NAME[spec.concept], spec.shots, seed=spec.seed))
+    with torch.inference_mode():  # as the server runs nodes
+        latents = host.vae.encode(images).float()
+        positive = conditioning(host.clip, f"a photo of a {TRIGGER}")
+        # One latent dict per image: with a single dict, 0.3.75's node trips over an unset variable.
+        out = TrainLoraNode.execute(
+            model=[host.model], latents=[{"samples": x[None]} for x in latents], positive=[positive],
+            batch_size=[min(spec.batch_size, spec.shots)], grad_accumulation_steps=[1], steps=[spec.steps],
+            learning_rate=[spec.lr], rank=[spec.rank], optimizer=["AdamW"], loss_function=["MSE"], seed=[spec.seed],
+            training_dtype=["fp32"], lora_dtype=["fp32"], algorithm=["LoRA"], gradient_checkpointing=[False],
+            existing_lora=["[None]"]).args
+    model, weights = out[0], out[1]
+    return model, sum(t.numel() * 2 for t in weights.values())
+
+
+def lora_baseline(host: WorldHost, spec: LoraSpec, train_seeds: list[int], sample_seeds: list[int]) -> dict:
+    concept = CONCEPT_BY_NAME[spec.concept]
+    scores, size = [], 0
+    for seed in train_seeds:
+        model, size = train_lora(host, replace(spec, seed=seed))
+        scores.append(score(host, model, host.clip, concept, requests(TRIGGER), sample_seeds))
+    return _row(f"LoRA rank {spec.rank}, lr {spec.lr}, {spec.steps} steps", scores) | {"bytes": size}
+
+
+def concept_bytes(spec: TrainSpec) -> int:
+    """Size of the trained concept file (after ``train_concept`` made it)."""
+    import folder_paths
+
+    return os.path.getsize(folder_paths.get_full_path("perfusion", spec.name() + ".safetensors"))
+
+
+def _row(label: str, scores: list[Score]) -> dict:
+    f, fci = mean_ci([s.fidelity for s in scores])
+    a, aci = mean_ci([s.alignment for s in scores])
+    return {"variant": label, "fidelity": f, "fidelity_ci": fci, "alignment": a, "alignment_ci": aci,
+            "seeds": len(scores), "images": sum(s.images for s in scores)}
+
+
+def variants(host: WorldHost, runs: dict[str, tuple[TrainSpec, GateSpec]], train_seeds: list[int],
+             sample_seeds: list[int]) -> list[dict]:
+    """Fidelity and alignment of each labelled (training, gate) setting, one concept per training seed."""
+    rows = []
+    for label, (spec, gate) in runs.items():
+        concept = CONCEPT_BY_NAME[spec.concept]
+        asked = requests(spec.trigger)
+        scores = []
+        for seed in train_seeds:
+            model, clip = apply(host, train_concept(host, replace(spec, seed=seed)), gate)
+            scores.append(score(host, model, clip, concept, asked, sample_seeds))
+        rows.append(_row(label, scores))
+    return rows
+
+
+def two_concepts(host: WorldHost, first: TrainSpec, second: TrainSpec, gate: GateSpec, train_seeds: list[int],
+                 sample_seeds: list[int]) -> dict:
+    """How often 'a photo of a <first> and a <second> <setting>' shows each concept, in its own slot
+    (the world draws the first-named object on the left), with the two edits stacked."""
+    left, right = CONCEPT_BY_NAME[first.concept], CONCEPT_BY_NAME[second.concept]
+    both, each = [], []
+    for seed in train_seeds:
+        model, clip = apply(host, train_concept(host, replace(first, seed=seed)), gate)
+        model, clip = apply(host, train_concept(host, replace(second, seed=seed)), gate, model, clip)
+        hits, shown = [], []
+        for bg in BACKGROUNDS:
+            prompt = f"a photo of a {first.trigger} and a {second.trigger} {SETTING_PHRASE[bg]}"
+            for seen in host.read(host.sample(prompt, sample_seeds, model=model, clip=clip)):
+                hits.append(both_correct(seen, left, right))
+                shown.append((fidelity(seen, left) + fidelity(seen, right)) / 2)
+        both.append(sum(hits) / len(hits))
+        each.append(sum(shown) / len(shown))
+    (b, bci), (e, eci) = mean_ci(both), mean_ci(each)
+    return {"both_correct": b, "both_correct_ci": bci, "each_present": e, "each_present_ci": eci,
+            "seeds": len(train_seeds)}
 
 
 def dump(rows: list[dict]) -> str:

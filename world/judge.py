@@ -101,8 +101,9 @@ def judge_scenes(n: int, seed: int) -> list[Scene]:
 
 def like_generated(taesd: torch.nn.Module, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """Images as the world model would produce them: through the VAE, slightly blurred."""
+    w = next(taesd.parameters())  # the VAE may sit on a GPU in another dtype
     with torch.no_grad():
-        out = taesd.taesd_decoder(taesd.taesd_encoder(x)).clamp(0, 1)
+        out = taesd.taesd_decoder(taesd.taesd_encoder(x.to(w))).clamp(0, 1).float().cpu()
     gen = torch.Generator().manual_seed(seed)
     sigma = torch.rand(len(x), 1, 1, 1, generator=gen) * 0.03
     return (out + sigma * torch.randn(out.shape, generator=gen)).clamp(0, 1)

@@ -29,18 +29,20 @@ def conditioning(clip: Any, text: str) -> list:
 @torch.no_grad()
 def generate(model: Any, clip: Any, vae: Any, prompt: str, seeds: list[int], steps: int = 20, cfg: float = 5.0,
              negative: str = "", size: int = 64) -> torch.Tensor:
-    """``[len(seeds), size, size, 3]`` images in [0, 1] (ComfyUI's IMAGE layout), Euler sampler."""
+    """``[len(seeds), size, size, 3]`` float32 CPU images in [0, 1] (ComfyUI's IMAGE layout), Euler
+    sampler; in inference mode, as ComfyUI runs its nodes."""
     import comfy.sample
 
-    pos, neg = conditioning(clip, prompt), conditioning(clip, negative)
-    out = []
-    for seed in seeds:
-        latent = torch.zeros(1, 4, size // 8, size // 8)
-        noise = comfy.sample.prepare_noise(latent, seed)
-        samples = comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", pos, neg, latent,
-                                      disable_pbar=True, seed=seed)
-        out.append(vae.decode(samples).clamp(0, 1).reshape(-1, size, size, 3))
-    return torch.cat(out)
+    with torch.inference_mode():
+        pos, neg = conditioning(clip, prompt), conditioning(clip, negative)
+        out = []
+        for seed in seeds:
+            latent = torch.zeros(1, 4, size // 8, size // 8)
+            noise = comfy.sample.prepare_noise(latent, seed)
+            samples = comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", pos, neg, latent,
+                                          disable_pbar=True, seed=seed)
+            out.append(vae.decode(samples).clamp(0, 1).reshape(-1, size, size, 3).float().cpu())
+        return torch.cat(out)
 
 
 def grid(images: torch.Tensor, columns: int, scale: int = 2) -> Image.Image:

@@ -81,6 +81,27 @@ def test_two_concepts_form_one_joint_edit(pack, tiny_sd1, word_edit):
     assert torch.isfinite(sample(m2, c2, "a photo of a cat and a chair")).all()
 
 
+def test_two_triggers_that_are_sentinel_words_each_get_their_own_embedding(pack, tiny_sd1, word_edit):
+    """'sks' and 'zwx' are themselves the usual placeholder tokens: both in one prompt must still
+    encode as their two learned embeddings, in either order ('dog' and 'table' stand in for them)."""
+    import dataclasses
+
+    import nodes as comfy_nodes
+
+    model, clip = tiny_sd1
+    table = clip.cond_stage_model.clip_l.transformer.get_input_embeddings().weight
+
+    def learned(trigger: str, word: str):
+        (token,) = pack.nodes.clip_patch.single_token_id(clip.tokenizer, word).values()
+        return dataclasses.replace(word_edit, trigger=trigger, embeddings={"l": table[token].detach().float().clone()})
+
+    _, c1 = apply(pack, model, clip, learned("sks", "dog").with_gate(strength=0.0))
+    _, c2 = apply(pack, model, c1, learned("zwx", "table").with_gate(strength=0.0))
+    encode = comfy_nodes.CLIPTextEncode().encode
+    for prompt, plain in (("a sks and a zwx", "a dog and a table"), ("a zwx and a sks", "a table and a dog")):
+        torch.testing.assert_close(encode(c2, prompt)[0][0][0], encode(clip, plain)[0][0][0], rtol=1e-5, atol=1e-5)
+
+
 def test_concept_for_another_family_is_rejected(pack, tiny_sd1, tiny_sdxl):
     model, clip = tiny_sd1
     xl_model, xl_clip = tiny_sdxl

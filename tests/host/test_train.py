@@ -112,6 +112,22 @@ def test_thaw_shares_storage(pack):
     assert torch.allclose(x.grad, layer.weight.sum(0).expand(4, 3))
 
 
+def test_thaw_frees_weights_moved_after_an_inference_mode_load(pack):
+    """What ComfyUI's move to a GPU leaves: ``param.data`` swapped outside inference mode. The
+    parameter is no longer an inference tensor but still has no version counter (found on CUDA)."""
+    with torch.inference_mode():
+        layer = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        layer.weight.data = torch.randn(2, 3)  # as Module.to(device) does
+    assert not layer.weight.is_inference()
+    x = torch.randn(4, 3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="version counter"):
+        layer(x)
+    assert pack.nodes.training.thaw(layer) == 2  # the bias is still an inference tensor
+    layer(x).sum().backward()
+    assert torch.allclose(x.grad, layer.weight.sum(0).expand(4, 3))
+
+
 # -- it learns, and the lock holds -------------------------------------------------------------------
 
 

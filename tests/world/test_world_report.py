@@ -1,0 +1,42 @@
+"""The evidence report: tables from results, written between markers without touching the prose."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from world.experiments import SECOND_TRIGGER, TrainSpec
+from world.report import BEGIN, END, tables, write_tables
+
+RESULTS = {
+    "settings": {"commands": ["python -m world.evidence --seeds 3"], "train_seeds": [0, 1, 2], "ablation_seeds": [0],
+                 "sample_seeds": [0], "minutes": 12.5, "train": {"steps": 200, "lr_values": 0.1, "shots": 5}},
+    "front": [{"lock": "local", "beta": 0.7, "fidelity": 0.6, "fidelity_ci": 0.1, "alignment": 1.0,
+               "alignment_ci": 0.0, "images": 45}],
+    "ablations": [{"variant": "one shot", "fidelity": 0.25, "fidelity_ci": float("nan"), "alignment": 0.9,
+                   "alignment_ci": float("nan"), "images": 15}],
+}
+
+
+def test_tables_show_each_measured_value_with_its_interval() -> None:
+    text = tables(RESULTS)
+    assert "| local lock, beta 0.7 | 0.60 ± 0.10 | 1.00 ± 0.00 | 45 |" in text
+    assert "| one shot | 0.25 | 0.90 | 15 |" in text  # one seed: no interval
+    assert "Two concepts" not in text  # a part that was not measured has no table
+
+
+def test_write_tables_replaces_only_the_generated_section(tmp_path: Path) -> None:
+    doc = tmp_path / "evidence.md"
+    doc.write_text(f"# Title\n\nprose before\n\n{BEGIN}\nold numbers\n{END}\n\nprose after\n")
+    write_tables(doc, RESULTS)
+    text = doc.read_text()
+    assert text.startswith("# Title\n\nprose before\n\n") and text.endswith("\n\nprose after\n")
+    assert "old numbers" not in text and "one shot" in text and text.count(BEGIN) == 1
+
+
+def test_concept_names_spell_every_setting_within_the_trainer_limit() -> None:
+    specs = [TrainSpec(), replace(TrainSpec(), seed=1), replace(TrainSpec(), train_beta=0.6),
+             replace(TrainSpec(), concept="striped_cup", trigger=SECOND_TRIGGER, statistics_captions=20000)]
+    names = [s.name() for s in specs]
+    assert len(set(names)) == len(names)
+    assert all(len(n) <= 150 for n in names)  # TrainPerfusion's output_name limit
