@@ -25,6 +25,7 @@ from .training import PerfusionTrainer, Previews, prepare_data, run_files
 NODE = "TrainPerfusion"
 NO_RESUME = "none"
 MASK_SOURCES = ("mask input if connected", "none", "superclass attention")
+WHAT_TO_TRAIN = ("embedding and value targets (Perfusion)", "embedding only (textual inversion)")
 log = logging.getLogger(__name__)
 
 
@@ -139,6 +140,10 @@ class TrainPerfusion:
             },
             "optional": {
                 "mask": ("MASK", {"tooltip": "Optional: where the concept is in each image (one mask, or one per image)."}),
+                "what_to_train": (list(WHAT_TO_TRAIN), {"default": WHAT_TO_TRAIN[0], "tooltip":
+                                  "Perfusion (the default): the trigger embedding and the value targets. 'embedding "
+                                  "only': textual inversion, the baseline to compare with; its concept changes "
+                                  "only the trigger's embedding (saved with gate strength 0, lr_values unused)."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -149,11 +154,12 @@ class TrainPerfusion:
               gradient_checkpointing: bool, mask_source: str, checkpoint_every: int, output_name: str,
               statistics_captions: int, resume_from: str = NO_RESUME, preview_every: int = 100,
               preview_prompt: str = "a photo of a {} on the beach", mask: torch.Tensor | None = None,
-              unique_id: str | None = None) -> dict:
+              what_to_train: str = WHAT_TO_TRAIN[0], unique_id: str | None = None) -> dict:
         trigger, superclass = trigger_word.strip(), " ".join(superclass.split())
         settings = TrainingSettings(steps=steps, batch_size=batch_size, grad_accumulation=grad_accumulation,
                                     lr_values=lr_values, lr_embedding=lr_embedding, beta=train_beta, tau=train_tau,
-                                    seed=seed, resolution=resolution, timestep_sets=timestep_sets)
+                                    seed=seed, resolution=resolution, timestep_sets=timestep_sets,
+                                    train_values=what_to_train != WHAT_TO_TRAIN[1])
         # The settings call them beta/tau; this node's inputs are train_beta/train_tau.
         problems = [re.sub(r"^(beta|tau) ", r"train_\1 ", p) for p in settings.problems()]
         problems += [p for p in (word_problem(trigger, "trigger_word"),
@@ -162,6 +168,8 @@ class TrainPerfusion:
             problems.append(f"trigger_word equals the superclass ({trigger!r}); pick a new word for the concept")
         if mask_source not in MASK_SOURCES:
             problems.append(f"mask_source must be one of {MASK_SOURCES}, got {mask_source!r}")
+        if what_to_train not in WHAT_TO_TRAIN:
+            problems.append(f"what_to_train must be one of {WHAT_TO_TRAIN}, got {what_to_train!r}")
         if preview_prompt.count("{}") != 1:
             problems.append(f"preview_prompt must contain '{{}}' exactly once (the trigger's place), got {preview_prompt!r}")
         if preview_every < 0:

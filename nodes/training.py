@@ -267,7 +267,9 @@ class PerfusionTrainer:
         self.whitener = Whitener(C)
         self.header = ConceptHeader(trigger=trigger, superclass=superclass, family=host_model.model_family(model),
                                     text_encoder=host_model.text_encoder_id(clip), statistics=stats_id)
-        self.train_gate = Gate(beta=settings.beta, tau=settings.tau)
+        # Textual inversion trains and ships the embedding alone: the edit stays off (strength 0).
+        self.strength = 1.0 if settings.train_values else 0.0
+        self.train_gate = Gate(beta=settings.beta, tau=settings.tau, strength=self.strength)
         i_super = self._superclass_encoding(clip)
         self.trainables = ConceptTrainables(
             embeddings=word_embeddings(clip, superclass),
@@ -298,11 +300,12 @@ class PerfusionTrainer:
     def _concept(self, live: bool) -> Concept:
         if live:  # what the hooks see while training: the parameters themselves, the training gate
             return self.trainables.concept(self.header, self.u, self.train_gate)
-        return self.trainables.concept(self.header, self.u, Gate(), self._summary(), live=False)
+        return self.trainables.concept(self.header, self.u, Gate(strength=self.strength), self._summary(), live=False)
 
     def _summary(self) -> dict:
         recent = self.losses[-20:]
-        return {"kind": "perfusion", "steps": len(self.losses), "images": int(self.data.latents.shape[0]),
+        kind = "perfusion" if self.settings.train_values else "textual inversion"
+        return {"kind": kind, "steps": len(self.losses), "images": int(self.data.latents.shape[0]),
                 "masked": self.data.weights is not None, "final_loss": sum(recent) / len(recent) if recent else None,
                 "settings": self.settings.resume_key() | {"steps": self.settings.steps}}
 
@@ -354,7 +357,8 @@ class PerfusionTrainer:
                 noise = gaussian_noise(tuple(x0.shape), draw.noise_seed).to(device)
                 sigma = sampling.sigma(draw.timesteps.float()).to(device)
                 x_t = sampling.noise_scaling(sigma, noise.clone(), x0)
-                self.runtime.step = self.runtime.step_state(sigma, sampling)  # held through backward recomputation
+                # Held through backward recomputation; no step state when no concept is active (textual inversion).
+                self.runtime.step = self.runtime.step_state(sigma, sampling) if self.runtime.n else None
                 try:
                     denoised = denoise(base_model, model_options, [conditioning], x_t, sigma, x0, draw.noise_seed)[0]
                     loss = masked_diffusion_loss(noise_prediction(x_t, denoised, sigma), noise, weight)

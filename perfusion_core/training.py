@@ -53,6 +53,9 @@ class TrainingSettings:
     i_star_decay: float = 0.99
     flip_probability: float = 0.5
     templates: tuple[str, ...] = PROMPT_TEMPLATES
+    # False: textual inversion, the baseline Perfusion is measured against (only the trigger
+    # embedding is trained; the edit is off, strength 0, in training and in the saved concept).
+    train_values: bool = True
 
     def problems(self) -> list[str]:
         """Every invalid field, phrased for the user (empty when all are valid)."""
@@ -200,10 +203,10 @@ class ConceptTrainables(torch.nn.Module):
     def optimizer(self, settings: TrainingSettings) -> torch.optim.AdamW:
         # No weight decay: it would pull o*_V towards zero, i.e. towards "no value at all",
         # rather than towards the superclass value the targets start from.
-        return torch.optim.AdamW([
-            {"params": list(self.values), "lr": settings.lr_values},
-            {"params": list(self.embedding.values()), "lr": settings.lr_embedding},
-        ], weight_decay=0.0)
+        groups = [{"params": list(self.embedding.values()), "lr": settings.lr_embedding}]
+        if settings.train_values:
+            groups.insert(0, {"params": list(self.values), "lr": settings.lr_values})
+        return torch.optim.AdamW(groups, weight_decay=0.0)
 
     @torch.no_grad()
     def update_i_star(self, trigger_encodings: torch.Tensor, decay: float) -> None:

@@ -7,20 +7,24 @@ with all its folders in a throw-away directory:
 
 1. installs the checkpoint into the server's models folder: yours
    (``--checkpoint``, SD1.x / SD2.x / SDXL single-file) or, by default, the
-   small built-in demo model (random weights in the real SD1.5 layout, made
-   once and cached under ``.cache/``);
+   built-in demo model: the world model of ``world/`` (a small SD1.5-layout
+   UNet and VAE this project pretrained on a procedural world of teddies,
+   cats, chairs and cups; assembled once under ``.cache/``);
 2. makes the demo concepts by running ``workflows/make_demo_concepts.json``
-   (training-free word edits: "cat" rendered as "dog", "chair" as "table");
+   (training-free word edits: "cat" rendered as "cup", "chair" as "teddy");
 3. runs ``workflows/concept_txt2img.json`` (one concept) and
    ``workflows/beta_sweep.json`` (a labelled grid over the gate bias);
 4. runs ``workflows/train_concept.json``: TrainPerfusion on the bundled
-   teddy images (``workflows/images``), then generates with the new concept;
+   images of one particular teddy (``workflows/images``: white dots, top hat;
+   a look the demo model never saw), then generates it on the beach, a
+   setting none of its images shows;
 5. copies the images (and the concept files) to ``--out`` (default ``out/``).
 
 The shipped workflows are the same files you load in the ComfyUI web UI;
 they are only re-pointed at the checkpoint and, for a real model, given a
-real image size and step count. With the built-in model the images show
-random-weight structure, not pictures: the demo proves the pipeline runs.
+real image size. The demo model draws 64 px pictures of its world; a real
+checkpoint does not know the trained teddy's world, so with ``--checkpoint``
+the demo shows that the pipeline runs on your model, not a good concept.
 
 To add a step, add a ``Step`` to ``STEPS``: each names a workflow and says what it produces.
 """
@@ -69,8 +73,9 @@ class Step:
 
 
 STEPS: tuple[Step, ...] = (
-    Step("make_demo_concepts", "make the demo concepts (word edits: cat -> dog, chair -> table)", makes_concepts=True),
-    Step("concept_txt2img", "text to image with one concept (prompt 'a photo of a cat sitting on a sofa')"),
+    Step("make_demo_concepts", f"make the demo concepts (word edits: {wf.CAT_LABEL}, {wf.CHAIR_LABEL})",
+         makes_concepts=True),
+    Step("concept_txt2img", "text to image with one concept (prompt 'a photo of a cat on the beach')"),
     Step("beta_sweep", "the same prompt at gate bias beta 0.4 ... 0.8 as one labelled grid"),
     Step("train_concept", f"train '{wf.TRIGGER}' ({wf.SUPERCLASS}) on the bundled images in workflows/images, "
                           f"then generate 'a photo of a {wf.TRIGGER} on the beach'"),
@@ -107,10 +112,11 @@ def install_training_images(input_dir: Path) -> list[Path]:
 
 
 def built_in_checkpoint() -> Path:
-    """The small demo model (tiny SD1.5 layout, random weights), written on first use."""
-    from tools.random_models import cached_checkpoint
+    """The demo model: the world model's single-file checkpoint, assembled on first use."""
+    from tools.random_models import cache_dir
+    from world.model import world_checkpoint
 
-    return cached_checkpoint("sd1", "tiny", seed=0)
+    return world_checkpoint(cache_dir() / "world")
 
 
 def retarget(prompt: Mapping[str, Any], ckpt_name: str, size: int | None = None, steps: int | None = None,
@@ -184,7 +190,7 @@ def run_demo(checkpoint: Path | None, out_dir: Path, *, size: int | None = None,
         size = size or REAL_MODEL_SIZE
         steps = steps or REAL_MODEL_STEPS
     else:
-        say("Using the built-in demo model (tiny SD1.5 layout, random weights: expect noise-like images).")
+        say("Using the built-in demo model (the world model: 64 px teddies, cats, chairs and cups).")
         checkpoint = built_in_checkpoint()
         ckpt_name = wf.CHECKPOINT
 

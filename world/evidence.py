@@ -35,7 +35,7 @@ from world.sampling import grid
 from world.scenes import (BACKGROUNDS, CATEGORIES, COLOURS, CONCEPT_BY_NAME, HIDDEN_COLOURS, SETTING_PHRASE, SLOTS,
                           Scene, WorldObject, caption)
 
-PARTS = ("judge", "base", "front", "ablations", "two", "lora")
+PARTS = ("judge", "base", "front", "ablations", "two", "lora", "ti")
 DOCS = REPO_ROOT / "docs"
 FIGURES = DOCS / "evidence"
 
@@ -100,6 +100,14 @@ def ablation_runs(base: TrainSpec, gate: GateSpec) -> dict[str, tuple[TrainSpec,
     }
 
 
+def textual_inversion_runs(base: TrainSpec, gate: GateSpec) -> dict[str, tuple[TrainSpec, GateSpec]]:
+    """Embedding-only training on the same renders, masks and steps, applied switched off (strength 0):
+    the recipe's embedding learning rate and a five times larger one."""
+    off = replace(gate, strength=0.0)
+    return {f"textual inversion, lr_embedding {lr:g}": (replace(base, embedding_only=True, lr_embedding=lr), off)
+            for lr in (0.006, 0.03)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one seed, 50 training steps: a smoke run")
@@ -110,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ablation-seeds", type=int, default=3, help="training seeds of each ablation")
     parser.add_argument("--sample-seeds", type=int, default=2, help="sampling seeds per prompt")
     parser.add_argument("--betas", default="0.5,0.6,0.7,0.8,0.9", help="inference betas of the front")
+    parser.add_argument("--lora-lrs", default="0.0005,0.005",
+                        help="learning rates of the LoRA baseline (TrainLoraNode's default, and a tenfold one)")
     parser.add_argument("--out", type=Path, default=FIGURES)
     parser.add_argument("--doc", type=Path, default=DOCS / "evidence.md", help="where the tables go")
     args = parser.parse_args(argv)
@@ -170,8 +180,17 @@ def main(argv: list[str] | None = None) -> int:
     if "lora" in parts:
         _log("LoRA baseline")
         train_concept(host, base)
-        results["lora"] = lora_baseline(host, LoraSpec(steps=args.steps), train_seeds, sample_seeds) | {
-            "perfusion_bytes": concept_bytes(base)}
+        rows = [lora_baseline(host, LoraSpec(steps=args.steps, lr=float(lr)), train_seeds, sample_seeds)
+                | {"perfusion_bytes": concept_bytes(base)} for lr in args.lora_lrs.split(",")]
+        # Rows of learning rates this run did not measure stay.
+        earlier = results.get("lora", [])
+        earlier = [earlier] if isinstance(earlier, dict) else earlier
+        measured = {r["variant"] for r in rows}
+        results["lora"] = [r for r in earlier if r["variant"] not in measured] + rows
+    saved.write_text(json.dumps(results, indent=1, default=str))  # a crash keeps the parts done
+    if "ti" in parts:
+        _log("textual inversion baseline")
+        results["textual_inversion"] = variants(host, textual_inversion_runs(base, gate), train_seeds, sample_seeds)
     results["settings"]["minutes"] = round((time.time() - started) / 60, 1)
     saved.write_text(json.dumps(results, indent=1, default=str))
     write_tables(args.doc, results)

@@ -22,7 +22,9 @@ SECOND_TRIGGER = "zwx"
 
 
 _SHORT = {"concept": "", "trigger": "", "train_beta": "tbeta", "lr_values": "lr", "timestep_sets": "tsets", "batch_size": "batch",
-          "grad_accumulation": "accum", "statistics_captions": "stat"}
+          "grad_accumulation": "accum", "statistics_captions": "stat", "embedding_only": "ti", "lr_embedding": "lremb"}
+# TrainSpec fields added after concepts were cached, with their defaults.
+_LATER_FIELDS = {"embedding_only": False, "lr_embedding": 0.006}
 
 
 @dataclass(frozen=True)
@@ -39,10 +41,16 @@ class TrainSpec:
     batch_size: int = 4
     grad_accumulation: int = 1
     statistics_captions: int = 500
+    embedding_only: bool = False  # textual inversion: TrainPerfusion's "embedding only"
+    lr_embedding: float = 0.006
 
     def name(self) -> str:
-        """A file name (under TrainPerfusion's 150-character limit) that spells every setting."""
-        return "world_" + "_".join(f"{_SHORT.get(k, k)}{v}" for k, v in asdict(self).items())
+        """A file name (under TrainPerfusion's 150-character limit) that spells every setting;
+        fields added later are spelt only when they differ from their default (older names stay)."""
+        fields = asdict(self)
+        later = {k: fields.pop(k) for k in _LATER_FIELDS}
+        name = "world_" + "_".join(f"{_SHORT.get(k, k)}{v}" for k, v in fields.items())
+        return name + "".join(f"_{_SHORT.get(k, k)}{v}" for k, v in later.items() if v != _LATER_FIELDS[k])
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,7 @@ def train_concept(host: WorldHost, spec: TrainSpec) -> Any:
     import folder_paths
 
     nodes = host.pack.nodes
+    choices = nodes.nodes_train.WHAT_TO_TRAIN
     name = spec.name()
     if folder_paths.get_full_path("perfusion", name + ".safetensors") is not None:
         return nodes.nodes_concept.LoadPerfusionConcept().load(name + ".safetensors")[0]
@@ -69,11 +78,12 @@ def train_concept(host: WorldHost, spec: TrainSpec) -> Any:
         result = nodes.nodes_train.TrainPerfusion().train(
             host.model, host.clip, host.vae, images=images, trigger_word=spec.trigger, superclass=concept.category,
             steps=spec.steps, batch_size=min(spec.batch_size, spec.shots), grad_accumulation=spec.grad_accumulation,
-            lr_values=spec.lr_values, lr_embedding=0.006, train_beta=spec.train_beta, train_tau=0.1, seed=spec.seed,
+            lr_values=spec.lr_values, lr_embedding=spec.lr_embedding, train_beta=spec.train_beta, train_tau=0.1, seed=spec.seed,
             resolution=64, timestep_sets=spec.timestep_sets, gradient_checkpointing=False,
             mask_source="mask input if connected" if spec.masked else "none", checkpoint_every=0,
             output_name=name, statistics_captions=spec.statistics_captions, preview_every=0,
-            mask=masks if spec.masked else None)["result"]
+            mask=masks if spec.masked else None,
+            what_to_train=choices[1] if spec.embedding_only else choices[0])["result"]
     return result[0]
 
 

@@ -175,15 +175,15 @@ def _draw_object(p: _Painter, o: WorldObject, rng: random.Random) -> None:
     _DRAW[o.category](p, x, ground, h, colour, -1 if o.flipped else 1, o.concept)
 
 
-def render(scene: Scene) -> tuple[Image.Image, Image.Image]:
-    """(RGB image, L mask of all objects), both ``SIZE`` x ``SIZE``."""
+def render(scene: Scene, size: int = SIZE) -> tuple[Image.Image, Image.Image]:
+    """(RGB image, L mask of all objects), both ``size`` x ``size`` (at most the 256 px canvas)."""
     rng = random.Random(scene.jitter_seed)
     image = _background(scene.background, rng)
     mask = Image.new("L", image.size, 0)
     painter = _Painter(image, mask)
     for o in scene.objects:
         _draw_object(painter, o, rng)
-    return image.resize((SIZE, SIZE), Image.BOX), mask.resize((SIZE, SIZE), Image.BOX)
+    return image.resize((size, size), Image.BOX), mask.resize((size, size), Image.BOX)
 
 
 def render_array(scene: Scene) -> np.ndarray:

@@ -54,10 +54,15 @@ def tables(results: dict) -> str:
             ["both present, each in its slot", "share of the two concepts present"],
             [[_pm(two["both_correct"], two["both_correct_ci"]), _pm(two["each_present"], two["each_present_ci"])]]))
     if lora := results.get("lora"):
-        parts.append(_scores("### Baseline: ComfyUI's TrainLoraNode on the same renders and steps\n\n", [lora],
-                             "variant") + f"\n\nFile size: LoRA {lora['bytes'] / 1024:.0f} KiB (float16) against "
-                     f"{lora['perfusion_bytes'] / 1024:.0f} KiB for the Perfusion concept file "
-                     f"({lora['bytes'] / lora['perfusion_bytes']:.0f}x).")
+        rows = [lora] if isinstance(lora, dict) else lora  # one row before the learning-rate sweep
+        size = rows[0]
+        parts.append(_scores("### Baseline: ComfyUI's TrainLoraNode on the same renders and steps\n\n", rows,
+                             "variant") + f"\n\nFile size: LoRA {size['bytes'] / 1024:.0f} KiB (float16) against "
+                     f"{size['perfusion_bytes'] / 1024:.0f} KiB for the Perfusion concept file "
+                     f"({size['bytes'] / size['perfusion_bytes']:.0f}x).")
+    if ti := results.get("textual_inversion"):
+        parts.append(_scores("### Baseline: textual inversion (embedding only; same renders, masks and steps)\n\n",
+                             ti, "variant"))
     return "\n\n".join(parts) + "\n"
 
 

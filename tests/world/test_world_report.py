@@ -36,7 +36,10 @@ def test_write_tables_replaces_only_the_generated_section(tmp_path: Path) -> Non
 
 def test_concept_names_spell_every_setting_within_the_trainer_limit() -> None:
     specs = [TrainSpec(), replace(TrainSpec(), seed=1), replace(TrainSpec(), train_beta=0.6),
-             replace(TrainSpec(), concept="striped_cup", trigger=SECOND_TRIGGER, statistics_captions=20000)]
+             replace(TrainSpec(), concept="striped_cup", trigger=SECOND_TRIGGER, statistics_captions=20000),
+             replace(TrainSpec(), embedding_only=True), replace(TrainSpec(), embedding_only=True, lr_embedding=0.03)]
     names = [s.name() for s in specs]
     assert len(set(names)) == len(names)
     assert all(len(n) <= 150 for n in names)  # TrainPerfusion's output_name limit
+    # Fields added later leave the names of concepts cached before them unchanged.
+    assert specs[0].name() == "world_polka_teddy_sks_shots5_steps200_seed0_lr0.03_tbeta0.75_maskedTrue_tsets1_batch4_accum1_stat500"
