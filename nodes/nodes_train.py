@@ -25,7 +25,8 @@ from .training import PerfusionTrainer, Previews, prepare_data, run_files
 NODE = "TrainPerfusion"
 NO_RESUME = "none"
 MASK_SOURCES = ("mask input if connected", "none", "superclass attention")
-WHAT_TO_TRAIN = ("embedding and value targets (Perfusion)", "embedding only (textual inversion)")
+WHAT_TO_TRAIN = ("embedding and value targets (Perfusion)", "embedding only (textual inversion)",
+                 "embedding, values and keys (no key-lock)")
 log = logging.getLogger(__name__)
 
 
@@ -141,9 +142,12 @@ class TrainPerfusion:
             "optional": {
                 "mask": ("MASK", {"tooltip": "Optional: where the concept is in each image (one mask, or one per image)."}),
                 "what_to_train": (list(WHAT_TO_TRAIN), {"default": WHAT_TO_TRAIN[0], "tooltip":
-                                  "Perfusion (the default): the trigger embedding and the value targets. 'embedding "
+                                  "Perfusion: the trigger embedding and the value targets. 'embedding "
                                   "only': textual inversion, the baseline to compare with; its concept changes "
-                                  "only the trigger's embedding (saved with gate strength 0, lr_values unused)."}),
+                                  "only the trigger's embedding (saved with gate strength 0, lr_values unused). "
+                                  "'no key-lock': the ablation that also trains the keys' input (lr_values) "
+                                  "instead of locking it to the superclass. Default: "
+                                  f"'{WHAT_TO_TRAIN[0]}'."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -159,7 +163,8 @@ class TrainPerfusion:
         settings = TrainingSettings(steps=steps, batch_size=batch_size, grad_accumulation=grad_accumulation,
                                     lr_values=lr_values, lr_embedding=lr_embedding, beta=train_beta, tau=train_tau,
                                     seed=seed, resolution=resolution, timestep_sets=timestep_sets,
-                                    train_values=what_to_train != WHAT_TO_TRAIN[1])
+                                    train_values=what_to_train != WHAT_TO_TRAIN[1],
+                                    train_keys=what_to_train == WHAT_TO_TRAIN[2])
         # The settings call them beta/tau; this node's inputs are train_beta/train_tau.
         problems = [re.sub(r"^(beta|tau) ", r"train_\1 ", p) for p in settings.problems()]
         problems += [p for p in (word_problem(trigger, "trigger_word"),

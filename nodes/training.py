@@ -274,7 +274,7 @@ class PerfusionTrainer:
         self.trainables = ConceptTrainables(
             embeddings=word_embeddings(clip, superclass),
             value_init={layer: host_model.value_weight(model, layer) @ i_super for layer in self.layers},
-            i_super=i_super, timestep_sets=settings.timestep_sets)
+            i_super=i_super, timestep_sets=settings.timestep_sets, train_keys=settings.train_keys)
         self.optimizer = self.trainables.optimizer(settings)
         self.start_step, self.losses = 0, []
         if resume_path:
@@ -304,7 +304,8 @@ class PerfusionTrainer:
 
     def _summary(self) -> dict:
         recent = self.losses[-20:]
-        kind = "perfusion" if self.settings.train_values else "textual inversion"
+        kind = ("textual inversion" if not self.settings.train_values
+                else "perfusion without key-lock" if self.settings.train_keys else "perfusion")
         return {"kind": kind, "steps": len(self.losses), "images": int(self.data.latents.shape[0]),
                 "masked": self.data.weights is not None, "final_loss": sum(recent) / len(recent) if recent else None,
                 "settings": self.settings.resume_key() | {"steps": self.settings.steps}}

@@ -56,6 +56,10 @@ class TrainingSettings:
     # False: textual inversion, the baseline Perfusion is measured against (only the trigger
     # embedding is trained; the edit is off, strength 0, in training and in the saved concept).
     train_values: bool = True
+    # True: the no-key-lock ablation. The key target's input i_super is trained with the value
+    # targets (lr_values) instead of staying the superclass encoding, so the trigger's keys drift
+    # away from the superclass's; one shared vector for all layers, like the locked one.
+    train_keys: bool = False
 
     def problems(self) -> list[str]:
         """Every invalid field, phrased for the user (empty when all are valid)."""
@@ -79,6 +83,8 @@ class TrainingSettings:
             out.append(f"i_star_decay must be in (0, 1), got {self.i_star_decay!r}")
         if not (0.0 <= self.flip_probability <= 1.0):
             out.append(f"flip_probability must be in [0, 1], got {self.flip_probability!r}")
+        if self.train_keys and not self.train_values:
+            out.append("train_keys needs train_values (keys are trained together with the value targets)")
         if not self.templates or any(t.count("{}") != 1 for t in self.templates):
             out.append("every prompt template must contain '{}' exactly once")
         return out
@@ -185,11 +191,12 @@ class ConceptTrainables(torch.nn.Module):
     layers    names of the cross-attention layers, in a fixed order
     values    ParameterList, values[k] (S, d_out) = o*_V of layers[k] per interval set
     embedding ParameterDict, tokenizer key -> (dim,) trigger word embedding
-    i_star, i_super (D,) buffers
+    i_star    (D,) buffer
+    i_super   (D,) buffer (key-locked), or a Parameter when ``train_keys`` (the no-lock ablation)
     """
 
     def __init__(self, embeddings: dict[str, torch.Tensor], value_init: dict[str, torch.Tensor],
-                 i_super: torch.Tensor, timestep_sets: int) -> None:
+                 i_super: torch.Tensor, timestep_sets: int, train_keys: bool = False) -> None:
         super().__init__()
         self.layers = list(value_init)
         self.values = torch.nn.ParameterList(
@@ -197,13 +204,20 @@ class ConceptTrainables(torch.nn.Module):
              for k in self.layers])
         self.embedding = torch.nn.ParameterDict(
             {key: torch.nn.Parameter(t.detach().float().clone()) for key, t in sorted(embeddings.items())})
-        self.register_buffer("i_super", i_super.detach().float().clone())
+        if train_keys:
+            self.i_super = torch.nn.Parameter(i_super.detach().float().clone())
+        else:
+            self.register_buffer("i_super", i_super.detach().float().clone())
         self.register_buffer("i_star", i_super.detach().float().clone())  # init: i* = superclass encoding
 
     def optimizer(self, settings: TrainingSettings) -> torch.optim.AdamW:
         # No weight decay: it would pull o*_V towards zero, i.e. towards "no value at all",
         # rather than towards the superclass value the targets start from.
         groups = [{"params": list(self.embedding.values()), "lr": settings.lr_embedding}]
+        if settings.train_keys:
+            if not isinstance(self.i_super, torch.nn.Parameter):
+                raise ValueError("train_keys: build ConceptTrainables with train_keys=True")
+            groups.insert(0, {"params": [self.i_super], "lr": settings.lr_values})
         if settings.train_values:
             groups.insert(0, {"params": list(self.values), "lr": settings.lr_values})
         return torch.optim.AdamW(groups, weight_decay=0.0)

@@ -2,9 +2,10 @@
 
     python tools/screenshots.py [--out docs/screenshots]
 
-Starts ComfyUI with this pack and the demo models (as the end-to-end tests
-do), opens each workflow in headless chromium (``tools/browser.py``), runs it
-from the Run button with the quick settings of the tests, and saves a
+Starts ComfyUI with this pack and the demo model of ``tools/demo.py`` (the
+world model), opens each workflow in headless chromium (``tools/browser.py``),
+runs it from the Run button (fewer statistics captions than shipped; training
+keeps its shipped step count, so the trained concept is real), and saves a
 1280x800 PNG centred on the pack's nodes. Needs ``tools/setup.sh`` (chromium).
 """
 
@@ -22,7 +23,8 @@ if __package__ in (None, ""):  # run as a script: make `tools.*` importable
 from tools import make_workflows as wf  # noqa: E402
 from tools.browser import SCREENSHOT_SETTINGS, ComfyUI, run_in_ui  # noqa: E402
 from tools.comfy_server import ComfyServer  # noqa: E402
-from tools.demo_models import QUICK_UI_WIDGETS, install_demo_models  # noqa: E402
+from tools.demo import built_in_checkpoint, install_file  # noqa: E402
+from tools.demo_models import install_demo_models  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "docs" / "screenshots"
@@ -33,6 +35,9 @@ SHOTS: dict[str, tuple[str, ...] | None] = {
     "two_concepts": (),
     "train_concept": ("SaveImage",),
 }
+# Widget values changed before a run: fewer captions for the statistics (a faster, cruder C).
+WIDGETS: dict[str, dict[str, int]] = {"PerfusionWordEdit": {"statistics_captions": 100},
+                                      "TrainPerfusion": {"statistics_captions": 100}}
 
 
 def pack_node_types(server: ComfyServer) -> set[str]:
@@ -56,13 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         if not server.pack_loaded():
             print(f"the node pack failed to import:\n{server.pack_error()}", file=sys.stderr)
             return 1
-        install_demo_models(server)
+        install_demo_models(server)  # the LoRA, ControlNet and training images; then the world checkpoint
+        install_file(built_in_checkpoint(), server.models_dir / "checkpoints" / wf.CHECKPOINT)
         ours = pack_node_types(server)
         with ComfyUI(server, settings=SCREENSHOT_SETTINGS) as ui:
-            run_in_ui(ui, wf.workflow_path("make_demo_concepts"), QUICK_UI_WIDGETS)
+            run_in_ui(ui, wf.workflow_path("make_demo_concepts"), WIDGETS)
             ui.refresh_model_lists()
             for name, extra in SHOTS.items():
-                state, _ = run_in_ui(ui, wf.workflow_path(name), QUICK_UI_WIDGETS)
+                state, _ = run_in_ui(ui, wf.workflow_path(name), WIDGETS)
                 for save in state.nodes_of("SaveImage"):
                     ui.wait_for_images(save["id"])
                 ui.focus([n["id"] for n in state.nodes if extra is None or n["type"] in ours or n["type"] in extra])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shlex
 import sys
 import time
 from dataclasses import asdict, replace
@@ -35,7 +36,7 @@ from world.sampling import grid
 from world.scenes import (BACKGROUNDS, CATEGORIES, COLOURS, CONCEPT_BY_NAME, HIDDEN_COLOURS, SETTING_PHRASE, SLOTS,
                           Scene, WorldObject, caption)
 
-PARTS = ("judge", "base", "front", "ablations", "two", "lora", "ti")
+PARTS = ("judge", "base", "front", "nolock", "ablations", "two", "lora", "ti")
 DOCS = REPO_ROOT / "docs"
 FIGURES = DOCS / "evidence"
 
@@ -94,6 +95,8 @@ def ablation_runs(base: TrainSpec, gate: GateSpec) -> dict[str, tuple[TrainSpec,
         "train beta 0.9": (replace(base, train_beta=0.9), gate),
         "one shot": (replace(base, shots=1, batch_size=1), gate),
         "no mask": (replace(base, masked=False), gate),
+        "no key-lock (keys trained)": (replace(base, train_keys=True), gate),
+        "fp8-loaded base (trained and sampled on it)": (replace(base, fp8_base=True), gate),
         "S1: edit only in the first 60% of denoising": (base, replace(gate, end_percent=0.6)),
         "S2: 2 timestep intervals": (replace(base, timestep_sets=2), gate),
         "S2: 4 timestep intervals": (replace(base, timestep_sets=4), gate),
@@ -118,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ablation-seeds", type=int, default=3, help="training seeds of each ablation")
     parser.add_argument("--sample-seeds", type=int, default=2, help="sampling seeds per prompt")
     parser.add_argument("--betas", default="0.5,0.6,0.7,0.8,0.9", help="inference betas of the front")
+    parser.add_argument("--ablations", default="",
+                        help="comma-separated labels of the ablations to run (default: all); rows of the others stay")
     parser.add_argument("--lora-lrs", default="0.0005,0.005",
                         help="learning rates of the LoRA baseline (TrainLoraNode's default, and a tenfold one)")
     parser.add_argument("--out", type=Path, default=FIGURES)
@@ -137,10 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     # Parts measured by an earlier run stay (a run of some --parts adds to the results).
     saved = args.out / "results.json"
     results: dict = json.loads(saved.read_text()) if saved.is_file() else {}
-    command = ("python -m world.evidence " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
+    command = ("python -m world.evidence " + shlex.join(sys.argv[1:] if argv is None else argv)).strip()
     results["settings"] = {"train": asdict(base), "gate": asdict(gate), "train_seeds": train_seeds,
                            "ablation_seeds": list(range(args.ablation_seeds)), "sample_seeds": sample_seeds,
-                           "commands": results.get("settings", {}).get("commands", []) + [command]}
+                           "commands": list(dict.fromkeys(results.get("settings", {}).get("commands", []) + [command]))}
     import torch
 
     if "judge" in parts:
@@ -160,17 +165,25 @@ def main(argv: list[str] | None = None) -> int:
         rows = front(host, base, train_seeds, betas=[float(b) for b in args.betas.split(",")],
                      locks=["local", "global"], sample_seeds=sample_seeds)
         results["front"] = rows
-        series: dict[str, list[Point]] = {}
-        for r in rows:
-            series.setdefault(f"{r['lock']} lock", []).append(Point(
-                r["alignment"], r["fidelity"], _finite(r["alignment_ci"]), _finite(r["fidelity_ci"]), f"b={r['beta']}"))
-        scatter(series, "prompt alignment", "concept fidelity", "Perfusion by inference beta (tau 0.15)").save(
-            args.out / "front.png")
+        front_plot(results).save(args.out / "front.png")
         concept_grid(host, base, gate, [0, 1]).save(args.out / "concept_samples.png")
+    saved.write_text(json.dumps(results, indent=1, default=str))  # a crash keeps the parts done
+    if "nolock" in parts:
+        _log("front without key-lock")
+        results["front_nolock"] = front(host, replace(base, train_keys=True), train_seeds,
+                                        betas=[float(b) for b in args.betas.split(",")], locks=["local"],
+                                        sample_seeds=sample_seeds)
+        front_plot(results).save(args.out / "front.png")
     saved.write_text(json.dumps(results, indent=1, default=str))  # a crash keeps the parts done
     if "ablations" in parts:
         _log("ablations")
-        results["ablations"] = variants(host, ablation_runs(base, gate), list(range(args.ablation_seeds)), sample_seeds)
+        runs = ablation_runs(base, gate)
+        chosen = {k: v for k, v in runs.items() if not args.ablations or k in args.ablations.split(",")}
+        if args.ablations and len(chosen) != len(args.ablations.split(",")):
+            parser.error(f"--ablations: choose from {list(runs)}")
+        rows = {r["variant"]: r for r in results.get("ablations", [])}
+        rows |= {r["variant"]: r for r in variants(host, chosen, list(range(args.ablation_seeds)), sample_seeds)}
+        results["ablations"] = [rows[k] for k in runs if k in rows]  # in the order of ablation_runs
     saved.write_text(json.dumps(results, indent=1, default=str))  # a crash keeps the parts done
     if "two" in parts:
         _log("two concepts")
@@ -196,6 +209,17 @@ def main(argv: list[str] | None = None) -> int:
     write_tables(args.doc, results)
     _log(f"wrote {args.out} and {args.doc}")
     return 0
+
+
+def front_plot(results: dict) -> Image.Image:
+    """Fidelity against alignment by inference beta: each lock mode, and the keys-trained (no lock) concepts."""
+    labelled = [(f"{r['lock']} lock", r) for r in results.get("front", [])]
+    labelled += [("no key-lock (keys trained)", r) for r in results.get("front_nolock", [])]
+    series: dict[str, list[Point]] = {}
+    for label, r in labelled:
+        series.setdefault(label, []).append(Point(r["alignment"], r["fidelity"], _finite(r["alignment_ci"]),
+                                                  _finite(r["fidelity_ci"]), f"b={r['beta']}"))
+    return scatter(series, "prompt alignment", "concept fidelity", "Perfusion by inference beta (tau 0.15)")
 
 
 def _finite(ci: float) -> float:

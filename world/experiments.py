@@ -22,9 +22,10 @@ SECOND_TRIGGER = "zwx"
 
 
 _SHORT = {"concept": "", "trigger": "", "train_beta": "tbeta", "lr_values": "lr", "timestep_sets": "tsets", "batch_size": "batch",
-          "grad_accumulation": "accum", "statistics_captions": "stat", "embedding_only": "ti", "lr_embedding": "lremb"}
+          "grad_accumulation": "accum", "statistics_captions": "stat", "embedding_only": "ti", "lr_embedding": "lremb",
+          "train_keys": "nolock", "fp8_base": "fp8"}
 # TrainSpec fields added after concepts were cached, with their defaults.
-_LATER_FIELDS = {"embedding_only": False, "lr_embedding": 0.006}
+_LATER_FIELDS = {"embedding_only": False, "lr_embedding": 0.006, "train_keys": False, "fp8_base": False}
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class TrainSpec:
     statistics_captions: int = 500
     embedding_only: bool = False  # textual inversion: TrainPerfusion's "embedding only"
     lr_embedding: float = 0.006
+    train_keys: bool = False  # the no-key-lock ablation: TrainPerfusion's "no key-lock"
+    fp8_base: bool = False  # train (and sample) on the world model loaded with float8 weights
 
     def name(self) -> str:
         """A file name (under TrainPerfusion's 150-character limit) that spells every setting;
@@ -76,14 +79,14 @@ def train_concept(host: WorldHost, spec: TrainSpec) -> Any:
     images, masks = host.images_of(training_scenes(concept, spec.shots, seed=spec.seed))
     with torch.inference_mode():
         result = nodes.nodes_train.TrainPerfusion().train(
-            host.model, host.clip, host.vae, images=images, trigger_word=spec.trigger, superclass=concept.category,
+            host.base(spec.fp8_base), host.clip, host.vae, images=images, trigger_word=spec.trigger, superclass=concept.category,
             steps=spec.steps, batch_size=min(spec.batch_size, spec.shots), grad_accumulation=spec.grad_accumulation,
             lr_values=spec.lr_values, lr_embedding=spec.lr_embedding, train_beta=spec.train_beta, train_tau=0.1, seed=spec.seed,
             resolution=64, timestep_sets=spec.timestep_sets, gradient_checkpointing=False,
             mask_source="mask input if connected" if spec.masked else "none", checkpoint_every=0,
             output_name=name, statistics_captions=spec.statistics_captions, preview_every=0,
             mask=masks if spec.masked else None,
-            what_to_train=choices[1] if spec.embedding_only else choices[0])["result"]
+            what_to_train=choices[1] if spec.embedding_only else choices[2] if spec.train_keys else choices[0])["result"]
     return result[0]
 
 
@@ -198,7 +201,7 @@ def variants(host: WorldHost, runs: dict[str, tuple[TrainSpec, GateSpec]], train
         asked = requests(spec.trigger)
         scores = []
         for seed in train_seeds:
-            model, clip = apply(host, train_concept(host, replace(spec, seed=seed)), gate)
+            model, clip = apply(host, train_concept(host, replace(spec, seed=seed)), gate, host.base(spec.fp8_base))
             scores.append(score(host, model, clip, concept, asked, sample_seeds))
         rows.append(_row(label, scores))
     return rows

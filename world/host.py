@@ -33,6 +33,7 @@ class WorldHost:
     clip: Any
     vae: Any
     judge: Judge
+    fp8_model: Any = None  # made on first use by base(fp8=True)
 
     @classmethod
     def open(cls, perfusion_folder: Path = PERFUSION_FOLDER) -> "WorldHost":
@@ -44,6 +45,15 @@ class WorldHost:
         with torch.inference_mode():
             model, clip, vae = load(world_checkpoint(cache_dir() / "world"))
         return cls(pack, model, clip, vae, load_judge())
+
+    def base(self, fp8: bool = False) -> Any:
+        """The world MODEL, or (``fp8``) the same checkpoint with its UNet weights stored as float8 e4m3fn."""
+        if not fp8:
+            return self.model
+        if self.fp8_model is None:
+            with torch.inference_mode():
+                self.fp8_model = load(world_checkpoint(cache_dir() / "world"), torch.float8_e4m3fn)[0]
+        return self.fp8_model
 
     def images_of(self, scenes: list[Scene]) -> tuple[torch.Tensor, torch.Tensor]:
         """(IMAGE [N, 64, 64, 3], MASK [N, 64, 64]) renders, as a LoadImage node would give them."""

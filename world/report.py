@@ -47,6 +47,10 @@ def tables(results: dict) -> str:
         parts.append(_scores("### Perfusion front by inference beta (tau 0.15), one trained concept per seed\n\n"
                              "![front](evidence/front.png)\n\n![concept samples](evidence/concept_samples.png)\n\n",
                              rows, "setting"))
+    if nolock := results.get("front_nolock"):
+        rows = [r | {"setting": f"keys trained, beta {r['beta']}"} for r in nolock]
+        parts.append(_scores("### Without key-lock: the same front with the keys trained (local gate, tau 0.15)\n\n",
+                             rows, "setting"))
     if ablations := results.get("ablations"):
         parts.append(_scores("### Ablations (local lock, inference beta 0.7, tau 0.15)\n\n", ablations, "variant"))
     if two := results.get("two_concepts"):

@@ -11,12 +11,15 @@ from PIL import Image
 from tools.comfy_host import import_host
 
 
-def load(checkpoint: Path) -> tuple[Any, Any, Any]:
-    """(ModelPatcher, CLIP, VAE) from the stock checkpoint loader."""
+def load(checkpoint: Path, weight_dtype: torch.dtype | None = None) -> tuple[Any, Any, Any]:
+    """(ModelPatcher, CLIP, VAE) from the stock checkpoint loader; ``weight_dtype`` stores the UNet
+    weights in that dtype, as ``UNETLoader``'s weight_dtype does (e.g. torch.float8_e4m3fn)."""
     import_host()
     import comfy.sd
 
-    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(checkpoint), output_vae=True, output_clip=True)
+    options = {} if weight_dtype is None else {"dtype": weight_dtype}
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(checkpoint), output_vae=True, output_clip=True,
+                                                                model_options=options)
     return model, clip, vae
 
 

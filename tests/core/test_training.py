@@ -145,6 +145,25 @@ def test_optimizer_trains_values_and_embedding_with_their_rates():
     assert all(not torch.equal(a, b) for a, b in zip(before, t.parameters())), "every trainable must move"
 
 
+def test_key_training_is_opt_in_and_uses_the_value_rate():
+    """Key-locked (the default): i_super is a buffer the optimizer never sees. The no-lock ablation
+    (train_keys) makes it a Parameter in its own group at lr_values; it needs the values trained."""
+    locked = trainables()
+    assert "i_super" in dict(locked.named_buffers()) and "i_super" not in dict(locked.named_parameters())
+    with pytest.raises(ValueError, match="train_keys"):
+        locked.optimizer(TrainingSettings(train_keys=True))
+    g = torch.Generator().manual_seed(0)
+    free = ConceptTrainables(embeddings={"l": torch.randn(8, generator=g)},
+                             value_init={"a.attn2": torch.randn(4, generator=g)}, i_super=torch.randn(6, generator=g),
+                             timestep_sets=1, train_keys=True)
+    groups = free.optimizer(TrainingSettings(train_keys=True, lr_values=0.1)).param_groups
+    assert [(g["lr"], len(g["params"])) for g in groups] == [(0.1, 1), (0.1, 1), (0.006, 1)]
+    assert groups[1]["params"][0] is free.i_super
+    assert free.concept(HEADER, torch.randn(6), Gate()).i_super is free.i_super  # live: gradients reach it
+    assert any("train_keys needs train_values" in m
+               for m in TrainingSettings(train_keys=True, train_values=False).problems())
+
+
 def test_live_concept_carries_gradients_and_snapshot_does_not():
     t = trainables()
     u = torch.randn(6)

@@ -90,7 +90,10 @@ def test_lora_stacks_and_key_lock_uses_lora_weights(pack, tiny_sd1, word_edit, l
         mm.load_models_gpu([patched])
         for layer in base_keys:
             locked = module(patched, layer, "k")(i_star)[0, 0].float()
-            torch.testing.assert_close(locked, lora_keys[layer] @ i_super, rtol=1e-4, atol=1e-4)
+            target = lora_keys[layer] @ i_super
+            # float32 round-off of W i* - r W i* + W_K i_super (terms of norm ~20): up to 1.8e-4 per
+            # element on some CPUs; the LoRA moves the key by more than 1e-2 of its norm (next line).
+            torch.testing.assert_close(locked, target, rtol=1e-4, atol=2e-5 * float(target.norm()))
             assert far(locked, base_keys[layer] @ i_super, 1e-2), layer
         mm.unload_all_models()
 

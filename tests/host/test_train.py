@@ -242,6 +242,18 @@ def test_textual_inversion_trains_the_embedding_alone(pack, pipeline):
             assert torch.equal(hook(cond), hook.base_forward(cond)), f"{proj}: the edit must be off"
 
 
+def test_no_key_lock_ablation_moves_the_keys(pack, pipeline):
+    """'no key-lock': the key target's input i_super leaves the superclass encoding it starts from,
+    so the trigger's keys are no longer the superclass's; the default run keeps it exactly."""
+    locked = train(pack, pipeline, steps=3, output_name="locked")[0]
+    free = train(pack, pipeline, steps=3, output_name="nolock", what_to_train="embedding, values and keys (no key-lock)")[0]
+    assert (locked.training["kind"], free.training["kind"]) == ("perfusion", "perfusion without key-lock")
+    assert free.training["settings"]["train_keys"] and free.gate.strength == 1.0
+    moved = (free.i_super - locked.i_super).norm() / locked.i_super.norm()
+    print(f"no key-lock: i_super moved by {moved:.4f} of its norm in 3 steps")
+    assert moved > 1e-3  # both runs start from the same superclass encoding, which the locked one keeps
+
+
 # -- reproducible, resumable -------------------------------------------------------------------------
 
 

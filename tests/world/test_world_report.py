@@ -37,7 +37,8 @@ def test_write_tables_replaces_only_the_generated_section(tmp_path: Path) -> Non
 def test_concept_names_spell_every_setting_within_the_trainer_limit() -> None:
     specs = [TrainSpec(), replace(TrainSpec(), seed=1), replace(TrainSpec(), train_beta=0.6),
              replace(TrainSpec(), concept="striped_cup", trigger=SECOND_TRIGGER, statistics_captions=20000),
-             replace(TrainSpec(), embedding_only=True), replace(TrainSpec(), embedding_only=True, lr_embedding=0.03)]
+             replace(TrainSpec(), embedding_only=True), replace(TrainSpec(), embedding_only=True, lr_embedding=0.03),
+             replace(TrainSpec(), train_keys=True), replace(TrainSpec(), fp8_base=True)]
     names = [s.name() for s in specs]
     assert len(set(names)) == len(names)
     assert all(len(n) <= 150 for n in names)  # TrainPerfusion's output_name limit
