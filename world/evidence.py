@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-seeds", type=int, default=2, help="sampling seeds per prompt")
     parser.add_argument("--betas", default="0.5,0.6,0.7,0.8,0.9", help="inference betas of the front")
     parser.add_argument("--ablations", default="",
-                        help="comma-separated labels of the ablations to run (default: all); rows of the others stay")
+                        help="labels of the ablations to run, separated by ';' (default: all); rows of the others stay")
     parser.add_argument("--lora-lrs", default="0.0005,0.005",
                         help="learning rates of the LoRA baseline (TrainLoraNode's default, and a tenfold one)")
     parser.add_argument("--out", type=Path, default=FIGURES)
@@ -178,8 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     if "ablations" in parts:
         _log("ablations")
         runs = ablation_runs(base, gate)
-        chosen = {k: v for k, v in runs.items() if not args.ablations or k in args.ablations.split(",")}
-        if args.ablations and len(chosen) != len(args.ablations.split(",")):
+        wanted = [w.strip() for w in args.ablations.split(";") if w.strip()]
+        chosen = {k: v for k, v in runs.items() if not wanted or k in wanted}
+        if len(chosen) != (len(wanted) or len(runs)):
             parser.error(f"--ablations: choose from {list(runs)}")
         rows = {r["variant"]: r for r in results.get("ablations", [])}
         rows |= {r["variant"]: r for r in variants(host, chosen, list(range(args.ablation_seeds)), sample_seeds)}
