@@ -182,9 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         chosen = {k: v for k, v in runs.items() if not wanted or k in wanted}
         if len(chosen) != (len(wanted) or len(runs)):
             parser.error(f"--ablations: choose from {list(runs)}")
-        rows = {r["variant"]: r for r in results.get("ablations", [])}
-        rows |= {r["variant"]: r for r in variants(host, chosen, list(range(args.ablation_seeds)), sample_seeds)}
-        results["ablations"] = [rows[k] for k in runs if k in rows]  # in the order of ablation_runs
+        measured = variants(host, chosen, list(range(args.ablation_seeds)), sample_seeds)
+        results["ablations"] = _merge_rows(results.get("ablations", []), measured, order=list(runs))
     saved.write_text(json.dumps(results, indent=1, default=str))  # a crash keeps the parts done
     if "two" in parts:
         _log("two concepts")
@@ -196,11 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         train_concept(host, base)
         rows = [lora_baseline(host, LoraSpec(steps=args.steps, lr=float(lr)), train_seeds, sample_seeds)
                 | {"perfusion_bytes": concept_bytes(base)} for lr in args.lora_lrs.split(",")]
-        # Rows of learning rates this run did not measure stay.
         earlier = results.get("lora", [])
-        earlier = [earlier] if isinstance(earlier, dict) else earlier
-        measured = {r["variant"] for r in rows}
-        results["lora"] = [r for r in earlier if r["variant"] not in measured] + rows
+        results["lora"] = _merge_rows([earlier] if isinstance(earlier, dict) else earlier, rows)
     saved.write_text(json.dumps(results, indent=1, default=str))  # a crash keeps the parts done
     if "ti" in parts:
         _log("textual inversion baseline")
@@ -221,6 +217,13 @@ def front_plot(results: dict) -> Image.Image:
         series.setdefault(label, []).append(Point(r["alignment"], r["fidelity"], _finite(r["alignment_ci"]),
                                                   _finite(r["fidelity_ci"]), f"b={r['beta']}"))
     return scatter(series, "prompt alignment", "concept fidelity", "Perfusion by inference beta (tau 0.15)")
+
+
+def _merge_rows(earlier: list[dict], measured: list[dict], order: list[str] | None = None) -> list[dict]:
+    """Rows by variant label: this run's replace earlier ones of the same label, the others stay;
+    in ``order`` of labels when given, else earlier rows first."""
+    rows = {r["variant"]: r for r in earlier} | {r["variant"]: r for r in measured}
+    return [rows[k] for k in order if k in rows] if order else list(rows.values())
 
 
 def _finite(ci: float) -> float:

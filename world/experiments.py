@@ -47,6 +47,10 @@ class TrainSpec:
     train_keys: bool = False  # the no-key-lock ablation: TrainPerfusion's "no key-lock"
     fp8_base: bool = False  # train (and sample) on the world model loaded with float8 weights
 
+    def training_mode(self) -> int:
+        """Index into TrainPerfusion's WHAT_TO_TRAIN: Perfusion, textual inversion or no key-lock."""
+        return 1 if self.embedding_only else 2 if self.train_keys else 0
+
     def name(self) -> str:
         """A file name (under TrainPerfusion's 150-character limit) that spells every setting;
         fields added later are spelt only when they differ from their default (older names stay)."""
@@ -86,7 +90,7 @@ def train_concept(host: WorldHost, spec: TrainSpec) -> Any:
             mask_source="mask input if connected" if spec.masked else "none", checkpoint_every=0,
             output_name=name, statistics_captions=spec.statistics_captions, preview_every=0,
             mask=masks if spec.masked else None,
-            what_to_train=choices[1] if spec.embedding_only else choices[2] if spec.train_keys else choices[0])["result"]
+            what_to_train=choices[spec.training_mode()])["result"]
     return result[0]
 
 
