@@ -324,7 +324,7 @@ def attn2_layer_names(model_patcher: "ModelPatcher") -> list[str]:
 
 _ST_DTYPES = {
     torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32",
+    torch.float8_e4m3fn: "F8_E4M3", torch.int64: "I64", torch.int32: "I32",
 }
 
 # One entry of a file to write: key, shape, dtype, and a function making the value.

@@ -8,21 +8,27 @@ log line and is checked against the concept file the same graph saves.
 
 Costs are bounded: few captions for the text-encoder statistics, 64x64 px,
 one or two steps, and one server at a time (full SDXL runs with
-``--fp16-unet``, about half the RAM of fp32).
+``--fp16-unet``, about half the RAM of fp32). Disk too: each checkpoint is
+written for its test and deleted after it (never cached), and the SDXL one is
+stored in fp8 (3.6 GB instead of 6.9 GB; the loader casts it to fp16), so the
+suite's peak disk use stays near the virtual environment's size plus 4 GB.
 """
 
 from __future__ import annotations
 
 import re
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from perfusion_core.concept_file import load_concept
 from tools.comfy_server import ComfyServer
 from tools.demo import install_file
-from tools.random_models import cached_checkpoint
+from tools.random_models import cache_dir, write_checkpoint
 
 HOOK_LINE = re.compile(r"Perfusion: (\d+) concept\(s\) \[([^\]]*)\] on (\d+) cross-attention layers "
                        r"\((\d+) K/V projections hooked\)")
@@ -51,11 +57,18 @@ def word_edit_prompt(ckpt_name: str, captions: int, steps: int, cfg: float) -> d
 
 
 def run_full_size(family: str, layers: int, extra_args: list[str], captions: int, steps: int,
-                  cfg: float) -> None:
-    t0 = time.perf_counter()
-    checkpoint = cached_checkpoint(family, "full", seed=0)
-    t_ckpt = time.perf_counter() - t0
+                  cfg: float, dtype: torch.dtype = torch.float16) -> None:
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"full-{family}-", dir=cache_dir()) as scratch:
+        check_full_size(Path(scratch), family, layers, extra_args, captions, steps, cfg, dtype)
+
+
+def check_full_size(scratch: Path, family: str, layers: int, extra_args: list[str], captions: int,
+                    steps: int, cfg: float, dtype: torch.dtype) -> None:
     name = f"random_{family}_full.safetensors"
+    t0 = time.perf_counter()
+    checkpoint = write_checkpoint(scratch / name, family, "full", seed=0, dtype=dtype)
+    t_ckpt = time.perf_counter() - t0
     with ComfyServer(extra_args=extra_args) as server:
         assert server.pack_loaded(), server.pack_error()
         install_file(checkpoint, server.models_dir / "checkpoints" / name)
@@ -70,9 +83,12 @@ def run_full_size(family: str, layers: int, extra_args: list[str], captions: int
                                  f"{log[-4000:]}")
         concept = load_concept(saved[0])
         start_s = server.start_seconds
-    print(f"\n{family} full: checkpoint ready {t_ckpt:.1f} s, server start {start_s:.1f} s, "
+    print(f"\n{family} full: checkpoint written {t_ckpt:.1f} s ({checkpoint.stat().st_size / 1e9:.2f} GB), "
+          f"server start {start_s:.1f} s, "
           f"prompt {t_run:.1f} s (load, {captions}-caption statistics, word edit, {steps} steps)")
 
+    if dtype == torch.float8_e4m3fn:  # fp8 only on disk: the hooks must see the fp16 UNet the flag asks for
+        assert "model weight dtype torch.float16" in log, log[-3000:]
     hooks = HOOK_LINE.findall(log)
     assert len(hooks) == 1, log[-3000:]
     n_concepts, triggers, n_layers, n_hooked = hooks[0]
@@ -93,5 +109,6 @@ def test_full_sd15_hooks_all_16_cross_attention_layers() -> None:
 def test_full_sdxl_hooks_all_70_cross_attention_layers() -> None:
     # fp32 full SDXL peaked at 19.6 GiB in-process; the fp16 UNet keeps the server near half of that.
     # The statistics come from one encoder call (16 captions; CLIP-G is the slow part on a CPU),
-    # and cfg 1 skips the unconditional pass: one UNet evaluation in all.
-    run_full_size("sdxl", 70, extra_args=["--fp16-unet"], captions=16, steps=1, cfg=1.0)
+    # and cfg 1 skips the unconditional pass: one UNet evaluation in all. Stored in fp8 for the disk.
+    run_full_size("sdxl", 70, extra_args=["--fp16-unet"], captions=16, steps=1, cfg=1.0,
+                  dtype=torch.float8_e4m3fn)
