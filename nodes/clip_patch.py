@@ -1,4 +1,4 @@
-"""Gives a ComfyUI CLIP the concepts' trigger words (and the global-lock K input).
+"""Gives a ComfyUI CLIP the concepts' trigger words (and the superclass prompt for key-locking).
 
 - Trigger embedding: ``CLIP.clone()`` shares its tokenizer, so we never touch
   it; the clone gets a wrapper tokenizer. It swaps each trigger word for a
@@ -6,8 +6,8 @@
   the real tokenizer (weights, chunking and padding stay ComfyUI's), then puts
   the learned embedding tensor where the sentinel token landed. ComfyUI's
   encoder accepts tensors in place of token ids. No file is written.
-- Global key-locking: the tokenizer also emits the prompt with each
-  global-lock trigger replaced by its superclass word, under an extra key that
+- Global and context key-locking: the tokenizer also emits the prompt with
+  each such trigger replaced by its superclass word, under an extra key that
   stock encoders ignore; an object patch on the CLIP patcher's
   ``encode_token_weights`` encodes it and attaches it to the conditioning as a
   model cond that reaches the UNet (see nodes/model_patch.py).
@@ -72,7 +72,7 @@ class TriggerEntry:
     trigger: str
     superclass: str
     embeddings: dict[str, torch.Tensor]
-    global_lock: bool
+    superclass_prompt: bool  # global or context lock: the keys need the prompt with the superclass word
 
     @property
     def pattern(self) -> re.Pattern:
@@ -92,12 +92,12 @@ class TriggerTokenizer:
 
     def tokenize_with_weights(self, text: str, return_word_ids: bool = False, **kwargs: Any) -> dict:
         tokens = self._embed(text, [e for e in self.entries if e.embeddings], return_word_ids, **kwargs)
-        global_entries = [e for e in self.entries if e.global_lock and e.pattern.search(text)]
-        if global_entries:
+        replaced = [e for e in self.entries if e.superclass_prompt and e.pattern.search(text)]
+        if replaced:
             super_text = text
-            for e in global_entries:
+            for e in replaced:
                 super_text = e.pattern.sub(e.superclass, super_text)
-            local = [e for e in self.entries if e.embeddings and e not in global_entries]
+            local = [e for e in self.entries if e.embeddings and e not in replaced]
             tokens[SUPERCLASS_TOKENS] = self._embed(super_text, local, return_word_ids, **kwargs)
         return tokens
 
@@ -134,7 +134,7 @@ class TriggerTokenizer:
 
 
 class SuperclassContextEncoder:
-    """Object patch for ``encode_token_weights``: attaches the global-lock K input."""
+    """Object patch for ``encode_token_weights``: attaches the superclass prompt's encoding."""
 
     def __init__(self, base_encode: Callable) -> None:
         self.base_encode = base_encode
@@ -148,7 +148,7 @@ class SuperclassContextEncoder:
             tokens = {k: v for k, v in tokens.items() if k != SUPERCLASS_TOKENS}
         out = self.base_encode(tokens)
         cond = out[0]
-        # A prompt without a global-lock trigger (e.g. the negative) still gets a K
+        # A prompt without such a trigger (e.g. the negative) still gets a K
         # input equal to its own encoding, so cond and uncond batch together.
         k_cond = self.base_encode(super_tokens)[0] if super_tokens is not None else cond
         if k_cond.shape != cond.shape:
@@ -187,9 +187,9 @@ def install(clip: Any, concepts: list[Concept], source: str) -> Any:
     entries = [e for e in previous if all(e.trigger.lower() != c.trigger.lower() for c in concepts)]
     for c in concepts:
         check_embeddings(c, sizes, source)
-        entries.append(TriggerEntry(c.trigger, c.superclass, dict(c.embeddings), c.gate.lock == "global"))
+        entries.append(TriggerEntry(c.trigger, c.superclass, dict(c.embeddings), c.gate.lock in ("global", "context")))
     patched.tokenizer = TriggerTokenizer(base, entries)
-    if any(e.global_lock for e in entries):
+    if any(e.superclass_prompt for e in entries):
         current = patched.patcher.get_model_object("encode_token_weights")
         if not isinstance(current, SuperclassContextEncoder):
             patched.patcher.add_object_patch("encode_token_weights", SuperclassContextEncoder(current))

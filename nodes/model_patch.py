@@ -13,6 +13,9 @@ How it is wired, and why:
 - Global key-locking needs a different K input (the prompt with the
   superclass word); the CLIP side ships it as a model cond, the wrapper moves
   it into transformer_options and an ``attn2_patch`` feeds it to ``to_k``.
+  Context key-locking needs the same prompt beside the K input: its
+  ``attn2_patch`` leaves the input alone and hands the encoding to the hook
+  for exactly the tensor the block then projects (matched by identity).
 - Several concepts on one model form ONE runtime (one joint edit per layer);
   applying another concept rebuilds the runtime from the union.
 The attn2_replace slot is never used, so attention-replacing packs compose.
@@ -21,18 +24,22 @@ The attn2_replace slot is never used, so attention-replacing packs compose.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+from einops import einsum
 
 from perfusion_core.concept import Concept
-from perfusion_core.edit import gated_edit, joint_directions
+from perfusion_core.edit import context_locked_keys, gate_values, gated_edit, joint_directions
 from perfusion_core.schedule import interval_index, window_active
 
 PATCH_KEY = "perfusion"
-K_CONTEXT_COND = "perfusion_k_context"  # model-cond name carrying the global-lock K input
+K_CONTEXT_COND = "perfusion_k_context"  # model cond: the superclass prompt's encoding (global, context lock)
 log = logging.getLogger(__name__)
+# (context, superclass-prompt encoding) of the block about to call to_k: set by SuperclassKeyContext.
+_superclass_for = threading.local()
 
 
 @dataclass
@@ -64,6 +71,7 @@ class PerfusionRuntime:
             self.beta = torch.tensor([c.gate.beta for c in active])
             self.tau = torch.tensor([c.gate.tau for c in active])
             self.strength = torch.tensor([c.gate.strength for c in active])
+            self.context_lock = torch.tensor([c.gate.lock == "context" for c in active])
         self._cache: dict[tuple, Any] = {}
 
     def __deepcopy__(self, memo: dict) -> "PerfusionRuntime":
@@ -76,6 +84,10 @@ class PerfusionRuntime:
     def uses_global_lock(self) -> bool:
         return any(c.gate.lock == "global" for c in self.concepts)
 
+    @property
+    def uses_context_lock(self) -> bool:
+        return any(c.gate.lock == "context" for c in self.concepts)
+
     # -- per-device copies (concept tensors live on CPU in float32) ----------
     def on(self, device: torch.device) -> dict[str, Any]:
         key = ("consts", device)
@@ -84,6 +96,7 @@ class PerfusionRuntime:
                 "directions": self.directions.to(device=device),
                 "i_star": self.i_star.to(device), "i_super": self.i_super.to(device),
                 "beta": self.beta.to(device), "tau": self.tau.to(device), "strength": self.strength.to(device),
+                "context_lock": self.context_lock.to(device),
             }
         return self._cache[key]
 
@@ -151,17 +164,29 @@ class ProjectionHook:
         batch, tokens, _ = x.shape
         scale, index = rt.scale_for(batch, x.device)
         consts = rt.on(x.device)
+        # Context lock without the superclass prompt (a cond from another CLIP, a call outside
+        # sampling): those concepts fall back to the local lock's W_K i_super.
+        superclass = _superclass_context(x) if self.kind == "k" and rt.uses_context_lock else None
+        rows = [t.reshape(batch * tokens, -1) for t in (x, superclass) if t is not None]
         anchors = consts["i_star"] if self.kind == "v" else torch.cat([consts["i_star"], consts["i_super"]])
         # One call of the layer's own forward for tokens and anchors: weights are cast once.
-        y = self.base_forward(torch.cat([x.reshape(batch * tokens, -1), anchors.to(x.dtype)]), *args, **kwargs)
-        base, w_anchor = y[: batch * tokens].reshape(batch, tokens, -1), y[batch * tokens:]
+        y = self.base_forward(torch.cat(rows + [anchors.to(x.dtype)]), *args, **kwargs)
+        base, w_anchor = y[: batch * tokens].reshape(batch, tokens, -1), y[len(rows) * batch * tokens:]
         w_istar = w_anchor[: rt.n]
         if self.kind == "k":
             targets = w_anchor[rt.n:].unsqueeze(0).expand(batch, -1, -1)  # key lock: W_K i_super
         else:
             v = rt.value_targets(self.layer, x.device)  # (N, S, d_out)
             targets = v[torch.arange(rt.n, device=x.device).unsqueeze(0), index]  # (B, N, d_out)
-        return gated_edit(base, x, consts["directions"], w_istar, targets, consts["beta"], consts["tau"], scale)
+        if superclass is None:
+            return gated_edit(base, x, consts["directions"], w_istar, targets, consts["beta"], consts["tau"], scale)
+        in_context = consts["context_lock"].to(scale.dtype)  # (N,): these concepts make no rank-1 K edit
+        own = gated_edit(base, x, consts["directions"], w_istar, targets, consts["beta"], consts["tau"],
+                         scale * (1 - in_context))
+        r = einsum(x.float(), consts["directions"].U, "b t d, d n -> b t n") / consts["directions"].energy
+        openness = einsum(gate_values(r, consts["beta"], consts["tau"]), scale * in_context, "b t n, b n -> b t")
+        keys_of_superclass = y[batch * tokens: 2 * batch * tokens].reshape(batch, tokens, -1)
+        return context_locked_keys(own, keys_of_superclass, openness)
 
 
 class GlobalKeyContext:
@@ -178,6 +203,27 @@ class GlobalKeyContext:
         if k_context.shape != context.shape:  # e.g. a ConditioningConcat after encoding: fall back to local
             return n, context, value
         return n, k_context, value
+
+
+class SuperclassKeyContext:
+    """attn2_patch for context key-locking: records the superclass prompt's encoding for the
+    context this block will project, which to_k's hook reads back (the K input is unchanged).
+
+    Stateless itself (the record is thread-local), so ComfyUI's deep copy on clone is harmless.
+    Beside a GlobalKeyContext, in either order, to_k then gets the superclass prompt as input,
+    which is what context-locked concepts ask for too."""
+
+    def __call__(self, n, context, value, extra_options):
+        k_context = extra_options.get(K_CONTEXT_COND)
+        usable = k_context is not None and context is not None and k_context.shape == context.shape
+        _superclass_for.pair = (context, k_context.to(device=context.device, dtype=context.dtype)) if usable else None
+        return n, context, value
+
+
+def _superclass_context(x: torch.Tensor) -> torch.Tensor | None:
+    """The superclass prompt's encoding recorded for exactly this K input, if any."""
+    pair = getattr(_superclass_for, "pair", None)
+    return pair[1] if pair is not None and pair[0] is x else None
 
 
 def find_runtime(model: Any, layers: list[str]) -> tuple[PerfusionRuntime | None, dict[str, Callable]]:
@@ -208,10 +254,11 @@ def install(model: Any, layers: list[str], concepts: list[Concept]) -> Any:
         patched.add_object_patch(name, ProjectionHook(runtime, layer, kind[0], forward))
     patched.remove_wrappers_with_key(ext.WrappersMP.APPLY_MODEL, PATCH_KEY)
     patched.add_wrapper_with_key(ext.WrappersMP.APPLY_MODEL, PATCH_KEY, runtime.apply_model_wrapper)
-    patches = patched.model_options.get("transformer_options", {}).get("patches", {})
-    has_global_patch = any(isinstance(p, GlobalKeyContext) for p in patches.get("attn2_patch", []))
-    if runtime.uses_global_lock and not has_global_patch:
-        patched.set_model_attn2_patch(GlobalKeyContext())
+    attn2_patches = patched.model_options.get("transformer_options", {}).get("patches", {}).get("attn2_patch", [])
+    wanted = ((runtime.uses_global_lock, GlobalKeyContext), (runtime.uses_context_lock, SuperclassKeyContext))
+    for needed, kind in wanted:
+        if needed and not any(isinstance(p, kind) for p in attn2_patches):
+            patched.set_model_attn2_patch(kind())
     log.info("Perfusion: %d concept(s) [%s] on %d cross-attention layers (%d K/V projections hooked)",
              runtime.n, ", ".join(c.trigger for c in runtime.concepts), len(layers), len(base))
     return patched

@@ -61,7 +61,7 @@ class ConceptGate:
             "concept": (CONCEPT, {"tooltip": "The concept to configure."}),
             "beta": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 2.0, "step": 0.01, "tooltip":
                      "Gate bias, 0 to 2. Lower spreads the concept onto more tokens (more likeness, less prompt "
-                     "following); higher confines it. Typical 0.6-0.75 with local lock, 0.4-0.6 with global. "
+                     "following); higher confines it. Typical 0.6-0.75 with local or context lock, 0.4-0.6 with global. "
                      "-1 = the concept's stored default (0.7 if it has none)."}),
             "tau": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 1.0, "step": 0.01, "tooltip":
                     "Gate temperature, up to 1 (0.15 is the paper's inference value); smaller = sharper on/off. "
@@ -76,7 +76,10 @@ class ConceptGate:
             "lock_mode": ([FROM_CONCEPT, *LOCK_MODES], {"default": FROM_CONCEPT, "tooltip":
                           "local: keys of the trigger are locked to the superclass's keys. global: the whole "
                           "prompt's keys come from the prompt with the superclass word (richer scenes, more "
-                          "variation; use a lower beta). Default 'concept default': the concept's stored mode (local)."}),
+                          "variation; use a lower beta). context: only the trigger's keys come from that prompt, "
+                          "so they are the superclass word's keys in this very sentence (its place among other "
+                          "objects included; one more text-encoder pass). Default 'concept default': the "
+                          "concept's stored mode (local)."}),
         }}
 
     def gate(self, concept: Concept, beta: float, tau: float, strength: float, start_percent: float,

@@ -16,8 +16,11 @@ from typing import Literal
 
 import torch
 
-LockMode = Literal["local", "global"]
-LOCK_MODES: tuple[str, ...] = ("local", "global")
+# local: the K edit maps i* to the superclass key W_K i_super (i_super averaged over templates).
+# global: the whole prompt's keys come from the prompt with the superclass word in the trigger's place.
+# context: only the trigger's keys come from that prompt, weighted by the gate (context_locked_keys).
+LockMode = Literal["local", "global", "context"]
+LOCK_MODES: tuple[str, ...] = ("local", "global", "context")
 FAMILIES: tuple[str, ...] = ("sd1", "sd2", "sdxl")
 
 

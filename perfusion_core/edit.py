@@ -115,3 +115,20 @@ def rome_edit(
     r = einsum(e.float(), u.float(), "b t d, d -> b t") / energy
     delta = einsum(r, target.float() - w_istar.float(), "b t, o -> b t o")
     return (base_out.float() + delta).to(base_out.dtype)
+
+
+def context_locked_keys(own: torch.Tensor, superclass: torch.Tensor, openness: torch.Tensor) -> torch.Tensor:
+    """Key-locking to the superclass word in the same prompt (lock mode "context", method notes §3).
+
+    own        (B, T, d_out)  keys of the prompt as written (after any rank-1 edits)
+    superclass (B, T, d_out)  keys of the same prompt with each trigger replaced by its superclass
+    openness   (B, T)         sum over context-locked concepts of gate x scale, per token
+
+    K = own + min(openness, 1) (superclass - own): a token whose gate is fully open gets exactly
+    the superclass word's key at its position in this prompt (its context included, which the
+    template-averaged W_K i_super of the local lock lacks); a closed gate leaves the key as is.
+    Returns (B, T, d_out) in ``own``'s dtype; the blend is computed in float32.
+    """
+    g = openness.float().clamp(0.0, 1.0).unsqueeze(-1)
+    own32 = own.float()
+    return (own32 + g * (superclass.float() - own32)).to(own.dtype)

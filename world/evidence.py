@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     if "front" in parts:
         _log("Pareto front")
         rows = front(host, base, train_seeds, betas=[float(b) for b in args.betas.split(",")],
-                     locks=["local", "global"], sample_seeds=sample_seeds)
+                     locks=["local", "global", "context"], sample_seeds=sample_seeds)
         results["front"] = rows
         front_plot(results).save(args.out / "front.png")
         concept_grid(host, base, gate, [0, 1]).save(args.out / "concept_samples.png")
@@ -188,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     if "two" in parts:
         _log("two concepts")
         second = replace(base, concept="striped_cup", trigger=SECOND_TRIGGER)
-        results["two_concepts"] = two_concepts(host, base, second, gate, train_seeds, sample_seeds)
+        results["two_concepts"] = [
+            row | {"lock": lock} for lock in ("local", "context")
+            for row in two_concepts(host, base, second, replace(gate, lock=lock), train_seeds, sample_seeds)]
     saved.write_text(json.dumps(results, indent=1, default=str))  # a crash keeps the parts done
     if "lora" in parts:
         _log("LoRA baseline")

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from world.host import WorldHost
-from world.metrics import Request, alignment, both_correct, fidelity, mean_ci, requests, training_scenes
+from world.metrics import (Request, alignment, both_correct, fidelity, in_slot, mean_ci, requests,
+                           training_scenes)
 from world.scenes import BACKGROUNDS, CONCEPT_BY_NAME, SETTING_PHRASE, Concept
 
 TRIGGER = "sks"
@@ -212,25 +213,31 @@ def variants(host: WorldHost, runs: dict[str, tuple[TrainSpec, GateSpec]], train
 
 
 def two_concepts(host: WorldHost, first: TrainSpec, second: TrainSpec, gate: GateSpec, train_seeds: list[int],
-                 sample_seeds: list[int]) -> dict:
-    """How often 'a photo of a <first> and a <second> <setting>' shows each concept, in its own slot
-    (the world draws the first-named object on the left), with the two edits stacked."""
-    left, right = CONCEPT_BY_NAME[first.concept], CONCEPT_BY_NAME[second.concept]
-    both, each = [], []
+                 sample_seeds: list[int]) -> list[dict]:
+    """With the two edits stacked, how often 'a photo of a <A> and a <B> <setting>' shows each concept
+    in its own slot (the world draws the first-named object on the left), for both orders of naming:
+    whether a failure follows the concept or the slot."""
+    specs = {first.trigger: first, second.trigger: second}
+    stacked = []
     for seed in train_seeds:
         model, clip = apply(host, train_concept(host, replace(first, seed=seed)), gate)
-        model, clip = apply(host, train_concept(host, replace(second, seed=seed)), gate, model, clip)
-        hits, shown = [], []
-        for bg in BACKGROUNDS:
-            prompt = f"a photo of a {first.trigger} and a {second.trigger} {SETTING_PHRASE[bg]}"
-            for seen in host.read(host.sample(prompt, sample_seeds, model=model, clip=clip)):
-                hits.append(both_correct(seen, left, right))
-                shown.append((fidelity(seen, left) + fidelity(seen, right)) / 2)
-        both.append(sum(hits) / len(hits))
-        each.append(sum(shown) / len(shown))
-    (b, bci), (e, eci) = mean_ci(both), mean_ci(each)
-    return {"both_correct": b, "both_correct_ci": bci, "each_present": e, "each_present_ci": eci,
-            "seeds": len(train_seeds)}
+        stacked.append(apply(host, train_concept(host, replace(second, seed=seed)), gate, model, clip))
+    rows = []
+    for a, b in ((first.trigger, second.trigger), (second.trigger, first.trigger)):
+        left, right = CONCEPT_BY_NAME[specs[a].concept], CONCEPT_BY_NAME[specs[b].concept]
+        both, in_left, in_right = [], [], []
+        for model, clip in stacked:
+            seen = [s for bg in BACKGROUNDS for s in host.read(host.sample(
+                f"a photo of a {a} and a {b} {SETTING_PHRASE[bg]}", sample_seeds, model=model, clip=clip))]
+            both.append(sum(both_correct(s, left, right) for s in seen) / len(seen))
+            in_left.append(sum(in_slot(s, "left", left) for s in seen) / len(seen))
+            in_right.append(sum(in_slot(s, "right", right) for s in seen) / len(seen))
+        row = {"prompt": f"`a photo of a {a} and a {b}` ({left.name} left, {right.name} right)", "seeds": len(train_seeds),
+               "images": len(train_seeds) * len(BACKGROUNDS) * len(sample_seeds)}
+        for key, values in (("both_correct", both), ("left_correct", in_left), ("right_correct", in_right)):
+            row[key], row[key + "_ci"] = mean_ci(values)
+        rows.append(row)
+    return rows
 
 
 def dump(rows: list[dict]) -> str:

@@ -50,9 +50,14 @@ def alignment(seen: Scene, request: Request) -> float:
     return sum(checks) / len(checks)
 
 
+def in_slot(seen: Scene, slot: str, concept: Concept) -> float:
+    """1.0 when the object the judge sees in ``slot`` is the concept instance."""
+    obj = seen.object_in(slot)
+    return float(obj is not None and obj.concept == concept.name)
+
+
 def both_correct(seen: Scene, left: Concept, right: Concept) -> float:
-    a, b = seen.object_in("left"), seen.object_in("right")
-    return float(a is not None and b is not None and a.concept == left.name and b.concept == right.name)
+    return in_slot(seen, "left", left) * in_slot(seen, "right", right)
 
 
 def mean_ci(values: list[float], z: float = 1.96) -> tuple[float, float]:

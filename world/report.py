@@ -54,9 +54,13 @@ def tables(results: dict) -> str:
     if ablations := results.get("ablations"):
         parts.append(_scores("### Ablations (local lock, inference beta 0.7, tau 0.15)\n\n", ablations, "variant"))
     if two := results.get("two_concepts"):
-        parts.append("### Two concepts in one prompt (polka teddy left, striped cup right)\n\n" + _table(
-            ["both present, each in its slot", "share of the two concepts present"],
-            [[_pm(two["both_correct"], two["both_correct_ci"]), _pm(two["each_present"], two["each_present_ci"])]]))
+        header = ["lock", "prompt", "both, each in its slot", "left: first named concept",
+                  "right: second named concept", "images"]
+        rows = [[r["lock"], r["prompt"], _pm(r["both_correct"], r["both_correct_ci"]),
+                 _pm(r["left_correct"], r["left_correct_ci"]), _pm(r["right_correct"], r["right_correct_ci"]),
+                 str(r["images"])] for r in two]
+        parts.append("### Two concepts in one prompt (the first named is drawn left, the second right; beta 0.7)\n\n"
+                     + _table(header, rows))
     if lora := results.get("lora"):
         rows = [lora] if isinstance(lora, dict) else lora  # one row before the learning-rate sweep
         size = rows[0]

@@ -338,7 +338,7 @@ BAD_FILES: list[tuple[str, Callable[[Path], Path], str]] = [
     ("window-above-one", broken(lambda t, m: _setitem(m["defaults"], "end_percent", 1.5)),
      "end 1.5"),
     ("lock-unknown", broken(lambda t, m: _setitem(m["defaults"], "lock", "both")),
-     "default lock must be one of local, global, got 'both'"),
+     "default lock must be one of local, global, context, got 'both'"),
     ("beta-string", broken(lambda t, m: _setitem(m["defaults"], "beta", "0.7")),
      "'defaults.beta' must be a finite number"),
     ("missing-tensor", broken(lambda t, m: _pop(t, "v_target.mid.attn2")),

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from perfusion_core.edit import gate_values, gated_edit, joint_directions, rome_edit
+from perfusion_core.edit import context_locked_keys, gate_values, gated_edit, joint_directions, rome_edit
 from perfusion_core.schedule import interval_index, window_active
 
 D, D_OUT, T = 24, 10, 7
@@ -147,6 +147,25 @@ def test_key_lock_trigger_keys_equal_superclass_keys(world):
                        joint_directions(i_stars.float(), us.float()), (i_stars @ WK.T).float(),
                        key_target.float().reshape(1, 1, -1), torch.tensor([0.7]), torch.tensor([1e-3]), torch.ones(1, 1))
     torch.testing.assert_close(gated[0, 0].double(), key_target, rtol=1e-4, atol=1e-4)
+
+
+def test_context_lock_gives_open_tokens_the_superclass_keys_of_their_prompt(world):
+    """Lock mode "context": an open gate gives the token exactly the superclass word's key in the same
+    prompt, a closed gate its own key, a partly open one the float64 blend; openness above 1 (two
+    concepts on one token) saturates."""
+    gen = world["gen"]
+    WK = world["W"]
+    written, with_superclass = (torch.randn(2, T, D, generator=gen, dtype=torch.float64) for _ in range(2))
+    own, superclass = written @ WK.T, with_superclass @ WK.T
+    openness = torch.rand(2, T, generator=gen, dtype=torch.float64)
+    openness[0, 0], openness[0, 1], openness[1, 2] = 1.0, 0.0, 1.7
+    got = context_locked_keys(own.float(), superclass.float(), openness.float())
+    g = openness.clamp(0, 1)[..., None]
+    torch.testing.assert_close(got.double(), (1 - g) * own + g * superclass, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[0, 0].double(), superclass[0, 0], rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(got[1, 2].double(), superclass[1, 2], rtol=1e-6, atol=1e-5)
+    assert torch.equal(got[0, 1], own[0, 1].float())
+    assert context_locked_keys(own.half(), superclass.half(), openness).dtype == torch.float16
 
 
 def test_zero_scale_is_identity_and_scale_is_per_sample(world):

@@ -361,3 +361,60 @@ def test_global_lock_feeds_superclass_prompt_to_keys(pack, tiny_sd1, word_edit):
             assert matched == set(want), (kind, matched)
     local = ksample(apply(pack, model, clip, word_edit)[0], encode(clip, PROMPT), encode(clip, "blurry"), cfg=5.0)
     assert far(out, local)
+
+
+# -- 8. Context key-locking -----------------------------------------------------------------------------
+
+
+class OutputSpy(InputSpy):
+    """Also records what the projection returns (the hook looks up its superclass context by identity
+    of its input, which the spy passes through unchanged)."""
+
+    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = self.hook(x, *args, **kwargs)
+        self.log.append((self.hook.layer, self.hook.kind, x.detach().clone(), out.detach().clone()))
+        return out
+
+
+def test_context_lock_gives_the_trigger_the_superclass_key_of_its_own_prompt(pack, tiny_sd1, word_edit):
+    """Lock mode "context" in a real sampling run: the trigger's key is the superclass word's key at
+    the trigger's place in the same prompt (here the second object of two), not the template-averaged
+    W_K i_super of the local lock; every key matches an independent float64 computation of the blend."""
+    model, clip = tiny_sd1
+    prompt, superclass_prompt = "a photo of a chair and a cat", "a photo of a chair and a dog"
+    pos = pack.nodes.encoding.last_token_position(clip.tokenizer, "a photo of a chair and a", "cat")
+    written, dog = encode(clip, prompt)[0][0], encode(clip, superclass_prompt)[0][0]
+    u, i_star = word_edit.u.double(), word_edit.i_star.double()
+    r_trigger = float(written[0, pos].double() @ u / (i_star @ u))
+    assert r_trigger > 0.3, "precondition: the trigger's gate input in this prompt must be clearly positive"
+    beta, tau = r_trigger - 0.2, 0.01  # shut far below the trigger, fully open at it
+    concept = pack.nodes.nodes_concept.ConceptGate().gate(word_edit, beta, tau, 1.0, 0.0, 1.0, "context")[0]
+    patched, pclip = apply(pack, model, clip, concept)
+    kinds = {type(p).__name__ for p in patched.model_options["transformer_options"]["patches"]["attn2_patch"]}
+    assert kinds == {"SuperclassKeyContext"}, kinds
+
+    positive, negative = encode(pclip, prompt), encode(pclip, "blurry")
+    torch.testing.assert_close(positive[0][0], written)  # the word-edit trigger is an ordinary word
+    torch.testing.assert_close(positive[0][1]["model_conds"][pack.nodes.model_patch.K_CONTEXT_COND].cond, dog)
+    log: list = []
+    spy = patched.clone()
+    for name, obj in patched.object_patches.items():
+        if isinstance(obj, pack.nodes.model_patch.ProjectionHook) and obj.kind == "k":
+            spy.add_object_patch(name, OutputSpy(obj, log))
+    assert torch.isfinite(ksample(spy, positive, negative, cfg=5.0)).all()
+
+    assert len(log) == len(layers_of(pack, model)), "one batched K call per layer (cond and uncond together)"
+    for layer, _, x, keys in log:
+        row = next(i for i in range(x.shape[0]) if torch.allclose(x[i], written[0], atol=1e-5))
+        hook = patched.object_patches[f"diffusion_model.{layer}.to_k.forward"]
+        with torch.no_grad():
+            own, superclass = hook.base_forward(x[row:row + 1])[0].double(), hook.base_forward(dog)[0].double()
+            template_key = hook.base_forward(word_edit.i_super[None, None])[0, 0].double()
+        r = x[row].double() @ u / (i_star @ u)
+        g = torch.sigmoid((r - beta) / tau)[:, None]
+        expected = own + g * (superclass - own)
+        scale = superclass.abs().max().item()
+        torch.testing.assert_close(keys[row].double(), expected, rtol=1e-4, atol=1e-4 * scale)
+        torch.testing.assert_close(keys[row, pos].double(), superclass[pos], rtol=1e-4, atol=1e-4 * scale)
+        # Discriminating: in this prompt the superclass key differs from the local lock's target.
+        assert (superclass[pos] - template_key).abs().max().item() > 100 * 1e-4 * scale, layer

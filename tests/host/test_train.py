@@ -166,9 +166,9 @@ def denoising_loss(model, clip, vae, prompt: str, images: torch.Tensor, draws: i
     return result["loss"]
 
 
-def gated(pack, pipeline, concept, beta=0.75, tau=0.1):
+def gated(pack, pipeline, concept, beta=0.75, tau=0.1, lock="local"):
     model, clip, _ = pipeline
-    gate = pack.nodes.nodes_concept.ConceptGate().gate(concept, beta, tau, 1.0, 0.0, 1.0, "local")[0]
+    gate = pack.nodes.nodes_concept.ConceptGate().gate(concept, beta, tau, 1.0, 0.0, 1.0, lock)[0]
     return pack.nodes.nodes_apply.ApplyKeyLockedEdit().apply(model, clip, gate)
 
 
@@ -216,6 +216,32 @@ def test_key_lock_holds_after_training(pack, pipeline, trained_long):
         locked, unlocked = cosine(k_trigger, k_super, dim=0), cosine(k_unlocked, k_super, dim=0)
         print(f"{layer}: cos(trigger key, superclass key) {locked:.3f} locked vs {unlocked:.3f} unlocked")
         assert locked > unlocked + 0.1
+
+
+def test_context_lock_gives_the_trained_trigger_the_superclass_key_of_its_prompt(pack, pipeline, trained_long):
+    """The lock stated literally, on a trained concept: with lock mode "context" and an open gate, the
+    trigger token's K output in a real prompt equals the superclass word's key at that place in the
+    same prompt, in every layer (the local lock only pulls it towards W_K i_super; test above)."""
+    model, clip, _ = pipeline
+    concept = trained_long
+    model_patch = pack.nodes.model_patch
+    prompt, superclass_prompt = "a photo of a zorb on the grass", "a photo of a teddy on the grass"
+    pos = pack.nodes.encoding.last_token_position(clip.tokenizer, "a photo of a", "teddy")
+    pmodel, pclip = gated(pack, pipeline, concept, beta=0.3, tau=0.01, lock="context")
+    cond = pclip.encode_from_tokens(pclip.tokenize(prompt))
+    superclass = clip.encode_from_tokens(clip.tokenize(superclass_prompt))
+    r = float(cond[0, pos] @ concept.u / (concept.i_star @ concept.u))
+    assert r > 0.5, f"precondition: the trigger's gate (beta 0.3, tau 0.01) must be open; r = {r:.3f}"
+    for layer in pack.nodes.host_model.cross_attention_layers(model):
+        hook = pmodel.object_patches[f"diffusion_model.{layer}.to_k.forward"]
+        model_patch.SuperclassKeyContext()(None, cond, cond, {model_patch.K_CONTEXT_COND: superclass})
+        with torch.no_grad():
+            k_trigger, k_superclass = hook(cond)[0, pos], hook.base_forward(superclass)[0, pos]
+            k_local = gated(pack, pipeline, concept, beta=0.3, tau=0.01)[0].object_patches[
+                f"diffusion_model.{layer}.to_k.forward"](cond)[0, pos]
+        tol = 1e-4 * k_superclass.norm().item()
+        torch.testing.assert_close(k_trigger, k_superclass, rtol=1e-4, atol=tol)
+        assert (k_local - k_superclass).norm().item() > 100 * tol, f"{layer}: the local lock is not this literal"
 
 
 def test_textual_inversion_trains_the_embedding_alone(pack, pipeline):

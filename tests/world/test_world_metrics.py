@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from world.metrics import alignment, both_correct, fidelity, mean_ci, requests, training_scenes
+from world.metrics import alignment, both_correct, fidelity, in_slot, mean_ci, requests, training_scenes
 from world.scenes import BACKGROUNDS, CONCEPTS, SLOTS, Scene, WorldObject, concept_object
 
 TEDDY, CUP = CONCEPTS[0], CONCEPTS[1]
@@ -35,6 +35,8 @@ def test_two_concepts_must_each_be_in_their_own_slot() -> None:
     swapped = Scene("grass", (concept_object(CUP, "left", "small"), concept_object(TEDDY, "right", "small")))
     one = Scene("grass", (concept_object(TEDDY, "left", "small"), WorldObject("cup", "white", "right", "small")))
     assert [both_correct(s, TEDDY, CUP) for s in (good, swapped, one)] == [1.0, 0.0, 0.0]
+    assert [in_slot(s, "right", CUP) for s in (good, swapped, one)] == [1.0, 0.0, 0.0]
+    assert [in_slot(s, "left", TEDDY) for s in (good, swapped, one)] == [1.0, 0.0, 1.0]
 
 
 def test_mean_ci_matches_the_textbook_formula() -> None:
