@@ -232,8 +232,8 @@ def two_concepts(host: WorldHost, first: TrainSpec, second: TrainSpec, gate: Gat
             both.append(sum(both_correct(s, left, right) for s in seen) / len(seen))
             in_left.append(sum(in_slot(s, "left", left) for s in seen) / len(seen))
             in_right.append(sum(in_slot(s, "right", right) for s in seen) / len(seen))
-        row = {"prompt": f"`a photo of a {a} and a {b}` ({left.name} left, {right.name} right)", "seeds": len(train_seeds),
-               "images": len(train_seeds) * len(BACKGROUNDS) * len(sample_seeds)}
+        row = {"prompt": f"`a photo of a {a} and a {b}` ({left.name} left, {right.name} right)",
+               "seeds": len(train_seeds), "images": len(train_seeds) * len(BACKGROUNDS) * len(sample_seeds)}
         for key, values in (("both_correct", both), ("left_correct", in_left), ("right_correct", in_right)):
             row[key], row[key + "_ci"] = mean_ci(values)
         rows.append(row)
