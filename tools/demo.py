@@ -113,10 +113,9 @@ def install_training_images(input_dir: Path) -> list[Path]:
 
 def built_in_checkpoint() -> Path:
     """The demo model: the world model's single-file checkpoint, assembled on first use."""
-    from tools.random_models import cache_dir
     from world.model import world_checkpoint
 
-    return world_checkpoint(cache_dir() / "world")
+    return world_checkpoint()
 
 
 def retarget(prompt: Mapping[str, Any], ckpt_name: str, size: int | None = None, steps: int | None = None,

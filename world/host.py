@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from tools.comfy_host import REPO_ROOT, import_pack
-from tools.random_models import cache_dir
 from world.judge import Judge, load_judge, read_scenes
 from world.model import world_checkpoint
 from world.render import render
@@ -43,7 +42,7 @@ class WorldHost:
         perfusion_folder.mkdir(parents=True, exist_ok=True)
         folder_paths.folder_names_and_paths["perfusion"] = ([str(perfusion_folder)], {".safetensors"})
         with torch.inference_mode():
-            model, clip, vae = load(world_checkpoint(cache_dir() / "world"))
+            model, clip, vae = load(world_checkpoint())
         return cls(pack, model, clip, vae, load_judge())
 
     def base(self, fp8: bool = False) -> Any:
@@ -52,7 +51,7 @@ class WorldHost:
             return self.model
         if self.fp8_model is None:
             with torch.inference_mode():
-                self.fp8_model = load(world_checkpoint(cache_dir() / "world"), torch.float8_e4m3fn)[0]
+                self.fp8_model = load(world_checkpoint(), torch.float8_e4m3fn)[0]
         return self.fp8_model
 
     def images_of(self, scenes: list[Scene]) -> tuple[torch.Tensor, torch.Tensor]:

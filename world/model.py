@@ -26,6 +26,7 @@ from tools.comfy_host import REPO_ROOT, import_host
 from tools.random_models import (
     UNET_PREFIX,
     VAE_PREFIX,
+    cache_dir,
     tensor_value,
     write_checkpoint_with_text_encoder,
 )
@@ -76,8 +77,10 @@ def save_weights(path: Path, unet: torch.nn.Module, taesd: torch.nn.Module) -> P
     return path
 
 
-def world_checkpoint(dest_dir: Path, weights: Path = WEIGHTS) -> Path:
-    """The loadable single-file checkpoint under ``dest_dir``, assembled when missing or stale."""
+def world_checkpoint(dest_dir: Path | None = None, weights: Path = WEIGHTS) -> Path:
+    """The loadable single-file checkpoint under ``dest_dir`` (default: the model cache's ``world``
+    folder, shared by the demo, the tests and the experiments), assembled when missing or stale."""
+    dest_dir = cache_dir() / "world" if dest_dir is None else dest_dir
     if not weights.is_file():
         raise FileNotFoundError(f"world model weights missing: {weights} (python -m world.build makes them)")
     path = Path(dest_dir) / CHECKPOINT_NAME

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tools.random_models import UNET_PREFIX, VAE_PREFIX, build_clip, cache_dir
+from tools.random_models import UNET_PREFIX, VAE_PREFIX, build_clip
 from world.dataset import images
 from world.judge import accuracy, judge_scenes, like_generated, load_judge, read_scenes
 from world.metrics import attribute_hits
@@ -20,7 +20,7 @@ from world.scenes import BACKGROUNDS, CATEGORIES, Scene, WorldObject, caption
 @pytest.fixture(scope="module")
 def world() -> tuple:
     """(model, clip, vae) of the world checkpoint, through ComfyUI's stock checkpoint loader."""
-    return load(world_checkpoint(cache_dir() / "world"))
+    return load(world_checkpoint())
 
 
 def test_fresh_world_unet_is_detected_as_sd15_and_small() -> None:
