@@ -64,6 +64,11 @@ class PerfusionRuntime:
         self.all_concepts = list(concepts)  # kept so chaining keeps zero-strength concepts around
         active = self.concepts
         self.n = len(active)
+        # Read by every projection call: worked out here, once per (re)build.
+        locks = [c.gate.lock for c in active]
+        self.uses_global_lock = "global" in locks
+        self.uses_context_lock = "context" in locks
+        self.all_context_locked = bool(locks) and set(locks) == {"context"}
         if self.n:
             self.directions = joint_directions(torch.stack([c.i_star for c in active]), torch.stack([c.u for c in active]))
             self.i_star = torch.stack([c.i_star for c in active])
@@ -79,14 +84,6 @@ class PerfusionRuntime:
         # on clone and at sampling; the hooks and the wrapper must keep sharing
         # one runtime, and its concept data is immutable.
         return self
-
-    @property
-    def uses_global_lock(self) -> bool:
-        return any(c.gate.lock == "global" for c in self.concepts)
-
-    @property
-    def uses_context_lock(self) -> bool:
-        return any(c.gate.lock == "context" for c in self.concepts)
 
     # -- per-device copies (concept tensors live on CPU in float32) ----------
     def on(self, device: torch.device) -> dict[str, Any]:
@@ -181,8 +178,8 @@ class ProjectionHook:
         if superclass is None:
             return gated_edit(base, x, consts["directions"], w_istar, targets, consts["beta"], consts["tau"], scale)
         in_context = consts["context_lock"].to(scale.dtype)  # (N,): these concepts make no rank-1 K edit
-        own = gated_edit(base, x, consts["directions"], w_istar, targets, consts["beta"], consts["tau"],
-                         scale * (1 - in_context))
+        own = base if rt.all_context_locked else gated_edit(
+            base, x, consts["directions"], w_istar, targets, consts["beta"], consts["tau"], scale * (1 - in_context))
         r = einsum(x.float(), consts["directions"].U, "b t d, d n -> b t n") / consts["directions"].energy
         openness = einsum(gate_values(r, consts["beta"], consts["tau"]), scale * in_context, "b t n, b n -> b t")
         keys_of_superclass = y[batch * tokens: 2 * batch * tokens].reshape(batch, tokens, -1)
