@@ -20,7 +20,8 @@ weights (full layout by default):
    kernel launches, CPU threads that are woken per op).
 3. ApplyKeyLockedEdit.apply and LoadPerfusionConcept.load times (medians).
 4. Concept file sizes (fp16 / fp32) for the full SD1.5, SD2 and SDXL layouts
-   (layer widths read from UNets built on the meta device: no weights in RAM).
+   (layer widths read from UNets built on the meta device: no weights in RAM),
+   beside the size of a rank-8 LoRA from ComfyUI's TrainLoraNode on the same UNet.
 
 Why a small latent: the edit only touches the text side of cross-attention
 (77 tokens per prompt, whatever the image size), so its absolute cost per
@@ -66,6 +67,7 @@ PROMPT = "a photo of a cat next to a chair, a car and a tree"
 NEGATIVE = "blurry, low quality"
 TEMPLATE = "a photo of a {}"
 LIMITS = {"1 concept": 1.03, "4 concepts": 1.06}  # the issue's limits on time relative to plain
+LORA_RANK = 8  # the rank the evidence's LoRA baseline trains (docs/evidence.md)
 EMBEDDING_WIDTHS = {"l": 768, "h": 1024, "g": 1280}
 
 
@@ -335,6 +337,26 @@ def synthetic_concept(family: str, layers: dict[str, int], context_dim: int, set
                    statistics="bench")
 
 
+def train_lora_node_floats(diffusion_model: torch.nn.Module, rank: int) -> int:
+    """How many numbers ComfyUI's TrainLoraNode trains (and saves) for ``diffusion_model`` at ``rank``.
+
+    Counted from shapes, by the node's own rule (ComfyUI 0.3.75): every module with a
+    ``weight_function`` gets a LoRA pair (out x rank, rank x in, in = all other weight dims) and
+    its alpha when its weight has 2+ dims, else a full-size weight difference; every bias a full-size
+    difference. Counting works on the meta device, where the node itself cannot run; a host
+    test checks the count against what the node returns.
+    """
+    floats = 0
+    for module in diffusion_model.modules():
+        weight = getattr(module, "weight", None)
+        if not hasattr(module, "weight_function") or weight is None:
+            continue
+        floats += rank * (weight.shape[0] + weight.shape[1:].numel()) + 1 if weight.ndim >= 2 else weight.numel()
+        if getattr(module, "bias", None) is not None:
+            floats += module.bias.numel()
+    return floats
+
+
 def concept_files(pack: ModuleType, folder: str, word_edit: Any, size: str) -> list[dict[str, Any]]:
     """Write concept files per layout and storage dtype; rows with their sizes and file names."""
     from perfusion_core.concept_file import save_concept
@@ -345,14 +367,16 @@ def concept_files(pack: ModuleType, folder: str, word_edit: Any, size: str) -> l
         meta = random_models.build_unet(family, "full", device="meta")  # shapes only, no memory
         layers = pack.nodes.host_model.cross_attention_layers(meta)
         dim = random_models.CONTEXT_DIM[family]
-        cases.append((f"{label} trained concept", synthetic_concept(family, layers, dim)))
+        lora = 2 * train_lora_node_floats(meta.model.diffusion_model, LORA_RANK)  # float16, as the node saves
+        cases.append((f"{label} trained concept", synthetic_concept(family, layers, dim), lora))
         if family == "sdxl":
-            cases.append((f"{label} trained, 2 timestep sets", synthetic_concept(family, layers, dim, sets=2)))
+            cases.append((f"{label} trained, 2 timestep sets", synthetic_concept(family, layers, dim, sets=2), lora))
     rows = []
-    for n, (label, concept) in enumerate(cases):
+    for n, (label, concept, *lora) in enumerate(cases):
         tensors = (concept.i_star, concept.u, concept.i_super, *concept.v_targets.values(),
                    *concept.embeddings.values())
-        row = {"label": label, "layers": len(concept.v_targets), "floats": sum(t.numel() for t in tensors)}
+        row = {"label": label, "layers": len(concept.v_targets), "floats": sum(t.numel() for t in tensors),
+               "lora_bytes": lora[0] if lora else None}
         for dtype in ("float16", "float32"):
             name = f"concept_{n}_{dtype}.safetensors"
             path = save_concept(concept, Path(folder) / name, dtype=getattr(torch, dtype), overwrite=True)
@@ -507,14 +531,22 @@ def report(args: argparse.Namespace, command: str, facts: dict[str, str], config
         "",
         "### Concept file sizes",
         "",
-        "Full layouts; \"trained\" = with the trigger embedding(s), one timestep set unless stated.",
+        "Full layouts; \"trained\" = with the trigger embedding(s), one timestep set unless stated. "
+        f"The last columns: a rank-{LORA_RANK} LoRA from ComfyUI's TrainLoraNode on the same UNet (float16, "
+        "as the node saves it), and how many times larger it is than the fp16 concept file.",
         "",
-        "| concept | layers | stored floats | fp16 file | fp32 file |",
-        "|---|---|---|---|---|",
+        f"| concept | layers | stored floats | fp16 file | fp32 file | TrainLoraNode rank {LORA_RANK} | ratio |",
+        "|---|---|---|---|---|---|---|",
         *[f"| {r['label']} | {r['layers']} | {r['floats']:,} | {r['float16'] / 1024:.1f} KiB | "
-          f"{r['float32'] / 1024:.1f} KiB |" for r in files],
+          f"{r['float32'] / 1024:.1f} KiB | {_lora_cells(r)} |" for r in files],
     ]
     return "\n".join(lines) + "\n"
+
+
+def _lora_cells(row: dict[str, Any]) -> str:
+    if row["lora_bytes"] is None:
+        return "- | -"
+    return f"{row['lora_bytes'] / 2**20:.1f} MiB | {row['lora_bytes'] / row['float16']:.0f}x"
 
 
 def write_doc(section: str, path: Path = DOC) -> None:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from perfusion_core.concept import Concept, ConceptError
+from perfusion_core.concept import SUPERCLASS_PROMPT_LOCKS, Concept, ConceptError
 
 from .model_patch import K_CONTEXT_COND
 
@@ -187,7 +187,8 @@ def install(clip: Any, concepts: list[Concept], source: str) -> Any:
     entries = [e for e in previous if all(e.trigger.lower() != c.trigger.lower() for c in concepts)]
     for c in concepts:
         check_embeddings(c, sizes, source)
-        entries.append(TriggerEntry(c.trigger, c.superclass, dict(c.embeddings), c.gate.lock in ("global", "context")))
+        needs_superclass_prompt = c.gate.lock in SUPERCLASS_PROMPT_LOCKS
+        entries.append(TriggerEntry(c.trigger, c.superclass, dict(c.embeddings), needs_superclass_prompt))
     patched.tokenizer = TriggerTokenizer(base, entries)
     if any(e.superclass_prompt for e in entries):
         current = patched.patcher.get_model_object("encode_token_weights")

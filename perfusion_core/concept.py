@@ -21,6 +21,8 @@ import torch
 # context: only the trigger's keys come from that prompt, weighted by the gate (context_locked_keys).
 LockMode = Literal["local", "global", "context"]
 LOCK_MODES: tuple[str, ...] = ("local", "global", "context")
+# The lock modes whose keys come from the prompt re-encoded with the superclass word in the trigger's place.
+SUPERCLASS_PROMPT_LOCKS: frozenset[str] = frozenset({"global", "context"})
 FAMILIES: tuple[str, ...] = ("sd1", "sd2", "sdxl")
 
 

@@ -29,14 +29,14 @@ from world.experiments import (SECOND_TRIGGER, GateSpec, LoraSpec, TrainSpec, ap
                                train_concept, two_concepts, variants)
 from world.host import WorldHost
 from world.judge import accuracy, judge_scenes, like_generated
-from world.metrics import attribute_hits, mean_ci
+from world.metrics import attribute_hits, companion_requests, mean_ci
 from world.plot import Point, scatter
 from world.report import write_tables
 from world.sampling import grid
 from world.scenes import (BACKGROUNDS, CATEGORIES, COLOURS, CONCEPT_BY_NAME, HIDDEN_COLOURS, SETTING_PHRASE, SLOTS,
                           Scene, WorldObject, caption)
 
-PARTS = ("judge", "base", "front", "nolock", "ablations", "two", "lora", "ti")
+PARTS = ("judge", "base", "front", "nolock", "ablations", "two", "lora", "ti", "companion")
 DOCS = REPO_ROOT / "docs"
 FIGURES = DOCS / "evidence"
 
@@ -203,11 +203,46 @@ def main(argv: list[str] | None = None) -> int:
     if "ti" in parts:
         _log("textual inversion baseline")
         results["textual_inversion"] = variants(host, textual_inversion_runs(base, gate), train_seeds, sample_seeds)
+    saved.write_text(json.dumps(results, indent=1, default=str))  # a crash keeps the parts done
+    if "companion" in parts:
+        _log("beside a companion object")
+        results["companion"] = companion_report(host, base, gate, train_seeds, sample_seeds,
+                                                [float(b) for b in args.betas.split(",")],
+                                                max(float(lr) for lr in args.lora_lrs.split(",")))
+        companion_plot(results["companion"]).save(args.out / "front_companion.png")
     results["settings"]["minutes"] = round((time.time() - started) / 60, 1)
     saved.write_text(json.dumps(results, indent=1, default=str))
     write_tables(args.doc, results)
     _log(f"wrote {args.out} and {args.doc}")
     return 0
+
+
+def companion_report(host: WorldHost, base: TrainSpec, gate: GateSpec, train_seeds: list[int], sample_seeds: list[int],
+                     betas: list[float], lora_lr: float) -> list[dict]:
+    """Every method on prompts that ask for the concept beside another object of a given colour
+    ('a photo of a sks and a red chair on the grass'), where alignment can fall: rows with a
+    ``method`` (one series of the plot) and a ``variant`` label."""
+    asked = companion_requests(base.trigger, CONCEPT_BY_NAME[base.concept].category)
+    rows = [r | {"method": f"{r['lock']} lock", "variant": f"Perfusion, {r['lock']} lock, beta {r['beta']}"}
+            for r in front(host, base, train_seeds, betas, ["local", "context"], sample_seeds, asked=asked)]
+    rows += [r | {"method": "no key-lock (keys trained)", "variant": f"keys trained, beta {r['beta']}"}
+             for r in front(host, replace(base, train_keys=True), train_seeds, betas, ["local"], sample_seeds,
+                            asked=asked)]
+    rows += [r | {"method": "textual inversion"} for r in
+             variants(host, textual_inversion_runs(base, gate), train_seeds, sample_seeds, companions=True)]
+    lora = lora_baseline(host, LoraSpec(steps=base.steps, lr=lora_lr), train_seeds, sample_seeds, asked=asked)
+    return rows + [lora | {"method": "LoRA"}]
+
+
+def companion_plot(rows: list[dict]) -> Image.Image:
+    """Fidelity against alignment beside a companion object, one series per method."""
+    series: dict[str, list[Point]] = {}
+    for r in rows:
+        label = f"b={r['beta']}" if "beta" in r else ""
+        series.setdefault(r["method"], []).append(Point(r["alignment"], r["fidelity"], _finite(r["alignment_ci"]),
+                                                        _finite(r["fidelity_ci"]), label))
+    return scatter(series, "prompt alignment (setting, companion's place, category, colour)", "concept fidelity",
+                   "Beside a companion object")
 
 
 def front_plot(results: dict) -> Image.Image:

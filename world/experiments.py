@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from world.host import WorldHost
-from world.metrics import (Request, alignment, both_correct, fidelity, in_slot, mean_ci, requests,
-                           training_scenes)
+from world.metrics import (Request, alignment, both_correct, companion_requests, fidelity, in_slot, mean_ci,
+                           requests, training_scenes)
 from world.scenes import BACKGROUNDS, CONCEPT_BY_NAME, SETTING_PHRASE, Concept
 
 TRIGGER = "sks"
@@ -120,10 +120,11 @@ def score(host: WorldHost, model: Any, clip: Any, concept: Concept, asked: list[
 
 
 def front(host: WorldHost, base: TrainSpec, train_seeds: list[int], betas: list[float], locks: list[str],
-          sample_seeds: list[int], tau: float = 0.15) -> list[dict]:
-    """Fidelity and alignment for every (lock, beta), from one trained concept per training seed."""
+          sample_seeds: list[int], tau: float = 0.15, asked: list[Request] | None = None) -> list[dict]:
+    """Fidelity and alignment for every (lock, beta), from one trained concept per training seed,
+    on ``asked`` (default: the concept alone in every setting and place)."""
     concept = CONCEPT_BY_NAME[base.concept]
-    asked = requests(TRIGGER)
+    asked = asked or requests(base.trigger)
     rows: list[dict] = []
     per_seed: dict[tuple[str, float], list[Score]] = {}
     for seed in train_seeds:
@@ -174,12 +175,13 @@ def train_lora(host: WorldHost, spec: LoraSpec) -> tuple[Any, int]:
     return model, sum(t.numel() * 2 for t in weights.values())
 
 
-def lora_baseline(host: WorldHost, spec: LoraSpec, train_seeds: list[int], sample_seeds: list[int]) -> dict:
+def lora_baseline(host: WorldHost, spec: LoraSpec, train_seeds: list[int], sample_seeds: list[int],
+                  asked: list[Request] | None = None) -> dict:
     concept = CONCEPT_BY_NAME[spec.concept]
     scores, size = [], 0
     for seed in train_seeds:
         model, size = train_lora(host, replace(spec, seed=seed))
-        scores.append(score(host, model, host.clip, concept, requests(TRIGGER), sample_seeds))
+        scores.append(score(host, model, host.clip, concept, asked or requests(TRIGGER), sample_seeds))
     return _row(f"LoRA rank {spec.rank}, lr {spec.lr}, {spec.steps} steps", scores) | {"bytes": size}
 
 
@@ -198,12 +200,13 @@ def _row(label: str, scores: list[Score]) -> dict:
 
 
 def variants(host: WorldHost, runs: dict[str, tuple[TrainSpec, GateSpec]], train_seeds: list[int],
-             sample_seeds: list[int]) -> list[dict]:
-    """Fidelity and alignment of each labelled (training, gate) setting, one concept per training seed."""
+             sample_seeds: list[int], companions: bool = False) -> list[dict]:
+    """Fidelity and alignment of each labelled (training, gate) setting, one concept per training seed;
+    on the concept alone in every setting and place, or (``companions``) beside another object."""
     rows = []
     for label, (spec, gate) in runs.items():
         concept = CONCEPT_BY_NAME[spec.concept]
-        asked = requests(spec.trigger)
+        asked = companion_requests(spec.trigger, concept.category) if companions else requests(spec.trigger)
         scores = []
         for seed in train_seeds:
             model, clip = apply(host, train_concept(host, replace(spec, seed=seed)), gate, host.base(spec.fp8_base))

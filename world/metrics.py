@@ -5,7 +5,11 @@ concept?) and CLIP text similarity (does it show what the prompt asks?):
 
 * fidelity: 1 when the judge finds the concept instance in any slot;
 * alignment: the share of the prompt's other requests that hold: the setting,
-  and, when the prompt names one, the place (an object stands in that slot).
+  and, when the prompt names one, the place (an object stands in that slot);
+  with a companion object ("a photo of a sks and a red chair"), also that the
+  companion stands in its slot (right: the world draws the second-named object
+  there) with its category and its colour. Companions keep alignment from
+  saturating: a concept that takes over the image costs it.
 
 For two concepts in one prompt (first on the left, second on the right),
 ``both_correct`` asks for each concept in its own slot.
@@ -17,7 +21,8 @@ import math
 import random
 from dataclasses import dataclass
 
-from world.scenes import BACKGROUNDS, SETTING_PHRASE, SLOT_PHRASE, SLOTS, Concept, Scene, WorldObject, concept_object
+from world.scenes import (BACKGROUNDS, CATEGORIES, COLOURS, HIDDEN_COLOURS, SETTING_PHRASE, SLOT_PHRASE, SLOTS, Concept,
+                          Scene, WorldObject, concept_object)
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,21 @@ class Request:
     prompt: str
     background: str
     slot: str | None  # None: the prompt names no place
+    companion: WorldObject | None = None  # a second object asked for beside the concept
+
+
+def companion_requests(trigger: str, superclass: str) -> list[Request]:
+    """One prompt per setting x other category: 'a photo of a <trigger> and a red chair on the grass',
+    each companion in a colour that shows on that setting (a different one per category)."""
+    out = []
+    others = [c for c in CATEGORIES if c != superclass]
+    for b, bg in enumerate(BACKGROUNDS):
+        colours = [c for c in COLOURS if c not in HIDDEN_COLOURS[bg]]
+        for k, category in enumerate(others):
+            companion = WorldObject(category, colours[(b + 2 * k) % len(colours)], "right", "small")
+            text = f"a photo of a {trigger} and a {companion.colour} {category} {SETTING_PHRASE[bg]}"
+            out.append(Request(text, bg, None, companion))
+    return out
 
 
 def requests(trigger: str, places: bool = True) -> list[Request]:
@@ -47,6 +67,10 @@ def alignment(seen: Scene, request: Request) -> float:
     checks = [seen.background == request.background]
     if request.slot is not None:
         checks.append(seen.object_in(request.slot) is not None)
+    if (want := request.companion) is not None:
+        got = seen.object_in(want.slot)
+        checks += [got is not None and got.category == want.category,
+                   got is not None and got.colour == want.colour]
     return sum(checks) / len(checks)
 
 

@@ -68,6 +68,11 @@ def tables(results: dict) -> str:
                              "variant") + f"\n\nFile size: LoRA {size['bytes'] / 1024:.0f} KiB (float16) against "
                      f"{size['perfusion_bytes'] / 1024:.0f} KiB for the Perfusion concept file "
                      f"({size['bytes'] / size['perfusion_bytes']:.0f}x).")
+    if companion := results.get("companion"):
+        parts.append(_scores("### Beside a companion object (`a photo of a sks and a red chair on the grass`, "
+                             "5 settings x 3 other categories; alignment: the setting, and the companion's place, "
+                             "category and colour)\n\n![front beside a companion](evidence/front_companion.png)\n\n",
+                             companion, "variant"))
     if ti := results.get("textual_inversion"):
         parts.append(_scores("### Baseline: textual inversion (embedding only; same renders, masks and steps)\n\n",
                              ti, "variant"))

@@ -6,8 +6,9 @@ import math
 
 import pytest
 
-from world.metrics import alignment, both_correct, fidelity, in_slot, mean_ci, requests, training_scenes
-from world.scenes import BACKGROUNDS, CONCEPTS, SLOTS, Scene, WorldObject, concept_object
+from world.metrics import (alignment, both_correct, companion_requests, fidelity, in_slot, mean_ci, requests,
+                           training_scenes)
+from world.scenes import BACKGROUNDS, CATEGORIES, CONCEPTS, HIDDEN_COLOURS, SLOTS, Scene, WorldObject, concept_object
 
 TEDDY, CUP = CONCEPTS[0], CONCEPTS[1]
 
@@ -28,6 +29,32 @@ def test_fidelity_and_alignment_count_the_right_things() -> None:
     assert (fidelity(generic, TEDDY), alignment(generic, request)) == (0.0, 1.0)
     assert (fidelity(misplaced, TEDDY), alignment(misplaced, request)) == (1.0, 0.0)
     assert fidelity(right, CUP) == 0.0
+
+
+def test_companion_requests_ask_every_other_category_in_a_colour_that_shows() -> None:
+    asked = companion_requests("sks", "teddy")
+    assert len(asked) == len(BACKGROUNDS) * (len(CATEGORIES) - 1) == len({r.prompt for r in asked})
+    for r in asked:
+        want = r.companion
+        assert want.category != "teddy" and want.colour not in HIDDEN_COLOURS[r.background] and want.slot == "right"
+        assert r.prompt.startswith(f"a photo of a sks and a {want.colour} {want.category} ")
+    per_setting = {bg: {r.companion.colour for r in asked if r.background == bg} for bg in BACKGROUNDS}
+    assert all(len(colours) == len(CATEGORIES) - 1 for colours in per_setting.values())
+
+
+def test_alignment_with_a_companion_counts_its_place_category_and_colour() -> None:
+    asked = companion_requests("sks", "teddy")
+    [request] = [r for r in asked if r.background == "grass" and r.companion.category == "chair"]
+    want = request.companion
+    teddy = concept_object(TEDDY, "left", "small")
+    assert want.colour != TEDDY.colour  # so a teddy drawn over the companion misses both
+    right = Scene("grass", (teddy, WorldObject("chair", want.colour, "right", "small")))
+    other_colour = next(c for c in ("red", "blue") if c != want.colour)
+    recoloured = Scene("grass", (teddy, WorldObject("chair", other_colour, "right", "small")))
+    taken_over = Scene("grass", (teddy, concept_object(TEDDY, "right", "small")))
+    alone = Scene("snow", (teddy,))
+    assert [alignment(s, request) for s in (right, recoloured, taken_over, alone)] == [1.0, 2 / 3, 1 / 3, 0.0]
+    assert fidelity(right, TEDDY) == 1.0
 
 
 def test_two_concepts_must_each_be_in_their_own_slot() -> None:

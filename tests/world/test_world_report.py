@@ -15,6 +15,8 @@ RESULTS = {
                "alignment_ci": 0.0, "images": 45}],
     "ablations": [{"variant": "one shot", "fidelity": 0.25, "fidelity_ci": float("nan"), "alignment": 0.9,
                    "alignment_ci": float("nan"), "images": 15}],
+    "companion": [{"variant": "LoRA rank 8, lr 0.005, 200 steps", "method": "LoRA", "fidelity": 0.5,
+                   "fidelity_ci": 0.2, "alignment": 0.75, "alignment_ci": 0.05, "images": 45}],
 }
 
 
@@ -22,6 +24,8 @@ def test_tables_show_each_measured_value_with_its_interval() -> None:
     text = tables(RESULTS)
     assert "| local lock, beta 0.7 | 0.60 ± 0.10 | 1.00 ± 0.00 | 45 |" in text
     assert "| one shot | 0.25 | 0.90 | 15 |" in text  # one seed: no interval
+    assert "| LoRA rank 8, lr 0.005, 200 steps | 0.50 ± 0.20 | 0.75 ± 0.05 | 45 |" in text
+    assert "evidence/front_companion.png" in text
     assert "Two concepts" not in text  # a part that was not measured has no table
 
 
