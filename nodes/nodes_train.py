@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from perfusion_core.concept import ConceptError
 from perfusion_core.concept_file import word_problem
-from perfusion_core.training import TrainingError, TrainingSettings
+from perfusion_core.training import TrainingError, TrainingSettings, parse_captions
 from perfusion_core.training_state import TrainingStateError, read_training_state
 
 from . import folders
@@ -148,6 +148,12 @@ class TrainPerfusion:
                                   "'no key-lock': the ablation that also trains the keys' input (lr_values) "
                                   "instead of locking it to the superclass. Default: "
                                   f"'{WHAT_TO_TRAIN[0]}'."}),
+                "captions": ("STRING", {"default": "", "multiline": True, "tooltip":
+                             "Optional: one caption per image, in the images' order, with {} (or the trigger "
+                             "word) where the concept is named, e.g. 'a photo of a {} and a red chair on the "
+                             "grass'. Each image is then trained in its own caption instead of the built-in "
+                             "templates, and images are not flipped (a caption may say left or right). Use it "
+                             "for photos that show the concept with other things. Empty (default): templates."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -158,15 +164,22 @@ class TrainPerfusion:
               gradient_checkpointing: bool, mask_source: str, checkpoint_every: int, output_name: str,
               statistics_captions: int, resume_from: str = NO_RESUME, preview_every: int = 100,
               preview_prompt: str = "a photo of a {} on the beach", mask: torch.Tensor | None = None,
-              what_to_train: str = WHAT_TO_TRAIN[0], unique_id: str | None = None) -> dict:
+              what_to_train: str = WHAT_TO_TRAIN[0], captions: str = "", unique_id: str | None = None) -> dict:
         trigger, superclass = trigger_word.strip(), " ".join(superclass.split())
+        problems = []
+        try:
+            per_image = parse_captions(captions, trigger) if trigger else ()
+        except TrainingError as err:
+            per_image, problems = (), [str(err)]
         settings = TrainingSettings(steps=steps, batch_size=batch_size, grad_accumulation=grad_accumulation,
                                     lr_values=lr_values, lr_embedding=lr_embedding, beta=train_beta, tau=train_tau,
                                     seed=seed, resolution=resolution, timestep_sets=timestep_sets,
                                     train_values=what_to_train != WHAT_TO_TRAIN[1],
-                                    train_keys=what_to_train == WHAT_TO_TRAIN[2])
+                                    train_keys=what_to_train == WHAT_TO_TRAIN[2],
+                                    captions=per_image,
+                                    flip_probability=0.0 if per_image else TrainingSettings.flip_probability)
         # The settings call them beta/tau; this node's inputs are train_beta/train_tau.
-        problems = [re.sub(r"^(beta|tau) ", r"train_\1 ", p) for p in settings.problems()]
+        problems += [re.sub(r"^(beta|tau) ", r"train_\1 ", p) for p in settings.problems()]
         problems += [p for p in (word_problem(trigger, "trigger_word"),
                                  word_problem(superclass, "superclass", allow_spaces=True)) if p]
         if not problems and trigger.lower() == superclass.lower():

@@ -36,14 +36,14 @@ from perfusion_core.concept import Concept, Gate
 from perfusion_core.concept_file import save_concept, unique_path
 from perfusion_core.covariance import Whitener
 from perfusion_core.training import (ConceptHeader, ConceptTrainables, TrainingError, TrainingSettings,
-                                     gaussian_noise, latent_weights, masked_diffusion_loss, micro_batch,
+                                     MicroBatch, gaussian_noise, latent_weights, masked_diffusion_loss, micro_batch,
                                      noise_prediction, square_crop)
 from perfusion_core.training_state import read_training_state, restore, save_training_state
 
 from . import folders, host_model, model_patch, statistics
 from .clip_patch import install as install_clip
 from .encoding import encode_word
-from .host_sampling import denoise, encode, run_in_guider
+from .host_sampling import denoise, encode, encode_batch, run_in_guider
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +262,10 @@ class PerfusionTrainer:
         self.trigger, self.superclass = trigger, superclass
         self.progress = progress
         self.previews, self.preview_latents = previews or Previews(), []
+        n = int(data.latents.shape[0])
+        if settings.captions and len(settings.captions) != n:
+            raise TrainingError(f"captions: {len(settings.captions)} caption(s) for {n} image(s); "
+                                "give one line per image, in the images' order")
         self.layers = list(host_model.cross_attention_layers(model))
         C, stats_id = statistics.clip_statistics(clip, generate_captions(statistics_captions))
         self.whitener = Whitener(C)
@@ -287,12 +291,13 @@ class PerfusionTrainer:
         if gradient_checkpointing:
             add_gradient_checkpointing(self.patched)
         self.runtime, _ = model_patch.find_runtime(self.patched, self.layers)
-        self.positions = [trigger_position(self.clip.tokenize(t.format(trigger))) for t in settings.templates]
+        # Where the trigger sits in each training prompt (templates, or the per-image captions).
+        self.positions = [trigger_position(self.clip.tokenize(p.replace("{}", trigger))) for p in settings.prompts()]
 
     # -- setup -----------------------------------------------------------------
     def _superclass_encoding(self, clip: Any) -> torch.Tensor:
-        """i_super: mean over the templates of the superclass word's encoding (last token)."""
-        return torch.stack([encode_word(clip, t, self.superclass) for t in self.settings.templates]).mean(0)
+        """i_super: mean over the training prompts of the superclass word's encoding (last token)."""
+        return torch.stack([encode_word(clip, p, self.superclass) for p in self.settings.prompts()]).mean(0)
 
     def _u(self) -> torch.Tensor:
         return self.whitener.solve(self.trainables.i_star.detach()).float()
@@ -351,9 +356,8 @@ class PerfusionTrainer:
                 mm.throw_exception_if_processing_interrupted()
                 draw = micro_batch(s, step, micro, int(data.latents.shape[0]))
                 self.runtime.load([self._concept(live=True)])
-                conditioning = encode(self.clip, s.templates[draw.template].format(self.trigger))
-                cond = conditioning[0][0]
-                encodings.append(cond[0, self.positions[draw.template]].detach().float())
+                conditioning, encoded = self._conditioning(draw)
+                encodings.append(encoded)
                 x0, weight = data.batch(draw.images.to(device), draw.flips.to(device))
                 noise = gaussian_noise(tuple(x0.shape), draw.noise_seed).to(device)
                 sigma = sampling.sigma(draw.timesteps.float()).to(device)
@@ -369,7 +373,7 @@ class PerfusionTrainer:
                 step_loss += float(loss.detach()) / s.grad_accumulation
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            self.trainables.update_i_star(torch.stack(encodings), s.i_star_decay)
+            self.trainables.update_i_star(torch.cat(encodings), s.i_star_decay)
             self.u = self._u()
             self.trainables.check_finite()
             self.losses.append(step_loss)
@@ -382,6 +386,18 @@ class PerfusionTrainer:
                 self.preview_latents.append((done, sample.cpu()))
             if self.progress is not None:
                 self.progress(done, s.steps, (time.monotonic() - started) / (done - self.start_step), step_loss, sample)
+
+    def _conditioning(self, draw: MicroBatch) -> tuple[list, torch.Tensor]:
+        """The micro-batch's conditioning and the trigger's encodings in it (M, D): one template
+        for the whole batch, or each image's own caption."""
+        s = self.settings
+        if not s.captions:
+            conditioning = encode(self.clip, s.templates[draw.template].format(self.trigger))
+            return conditioning, conditioning[0][0][:, self.positions[draw.template]].detach().float()
+        picks = draw.images.tolist()
+        conditioning = encode_batch(self.clip, [s.captions[i].replace("{}", self.trigger) for i in picks])
+        rows = torch.arange(len(picks))
+        return conditioning, conditioning[0][0][rows, [self.positions[i] for i in picks]].detach().float()
 
     def _preview(self, base_model: Any, model_options: dict) -> torch.Tensor:
         """A sample of the preview prompt with the concept as it is now, at its inference gate.

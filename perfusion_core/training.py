@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,23 @@ class TrainingError(ValueError):
     """A training input is unusable; the message names the input and the problem."""
 
 
+def parse_captions(text: str, trigger: str) -> tuple[str, ...]:
+    """Per-image captions from a multi-line text: one per non-blank line ('#' lines skipped), each
+    with '{}' for the trigger; a line without '{}' gets it in place of the trigger word's first
+    whole-word occurrence. Raises TrainingError naming the line that has neither."""
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = " ".join(line.split())
+        if not line or line.startswith("#"):
+            continue
+        if "{}" not in line:
+            line, found = re.subn(rf"(?<!\w){re.escape(trigger)}(?!\w)", "{}", line, count=1)
+            if not found:
+                raise TrainingError(f"captions: line {n} names neither '{{}}' nor the trigger word {trigger!r}: {line!r}")
+        out.append(line)
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class TrainingSettings:
     """Everything that determines a run besides the data and the model (recipe in method notes §6)."""
@@ -53,6 +71,9 @@ class TrainingSettings:
     i_star_decay: float = 0.99
     flip_probability: float = 0.5
     templates: tuple[str, ...] = PROMPT_TEMPLATES
+    # One prompt per training image ("{}" = the trigger), used instead of the templates; i_super
+    # is then the superclass's mean encoding over these prompts. Empty: the templates.
+    captions: tuple[str, ...] = ()
     # False: textual inversion, the baseline Perfusion is measured against (only the trigger
     # embedding is trained; the edit is off, strength 0, in training and in the saved concept).
     train_values: bool = True
@@ -87,13 +108,24 @@ class TrainingSettings:
             out.append("train_keys needs train_values (keys are trained together with the value targets)")
         if not self.templates or any(t.count("{}") != 1 for t in self.templates):
             out.append("every prompt template must contain '{}' exactly once")
+        out += [f"captions: caption {n} must contain '{{}}' exactly once (the trigger's place), got {c!r}"
+                for n, c in enumerate(self.captions, 1) if c.count("{}") != 1]
         return out
+
+    def prompts(self) -> tuple[str, ...]:
+        """The prompts the concept is trained in: the per-image captions, else the templates."""
+        return self.captions or self.templates
 
     def resume_key(self) -> dict:
         """Fields a resumed run must share with the run that wrote the checkpoint (all but ``steps``)."""
         key = dataclasses.asdict(self)
         key.pop("steps")
         key["templates"] = list(self.templates)
+        # Absent when unused, so runs checkpointed before per-image captions existed still resume.
+        if self.captions:
+            key["captions"] = list(self.captions)
+        else:
+            key.pop("captions")
         return key
 
 

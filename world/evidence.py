@@ -26,7 +26,7 @@ from PIL import Image
 from tools.comfy_host import REPO_ROOT
 from world.dataset import images
 from world.experiments import (SECOND_TRIGGER, GateSpec, LoraSpec, TrainSpec, apply, concept_bytes, front, lora_baseline,
-                               train_concept, two_concepts, variants)
+                               train_concept, two_concepts, two_concepts_regional, variants)
 from world.host import WorldHost
 from world.judge import accuracy, judge_scenes, like_generated
 from world.metrics import attribute_hits, companion_requests, mean_ci
@@ -36,7 +36,7 @@ from world.sampling import grid
 from world.scenes import (BACKGROUNDS, CATEGORIES, COLOURS, CONCEPT_BY_NAME, HIDDEN_COLOURS, SETTING_PHRASE, SLOTS,
                           Scene, WorldObject, caption)
 
-PARTS = ("judge", "base", "front", "nolock", "ablations", "two", "lora", "ti", "companion")
+PARTS = ("judge", "base", "front", "nolock", "ablations", "two", "regional", "lora", "ti", "companion")
 DOCS = REPO_ROOT / "docs"
 FIGURES = DOCS / "evidence"
 
@@ -87,7 +87,7 @@ def concept_grid(host: WorldHost, spec: TrainSpec, gate: GateSpec, seeds: list[i
     return grid(torch.cat(rows), columns=2 * len(seeds), scale=3)
 
 
-def ablation_runs(base: TrainSpec, gate: GateSpec) -> dict[str, tuple[TrainSpec, GateSpec]]:
+def ablation_runs(base: TrainSpec, gate: GateSpec, composites: int) -> dict[str, tuple[TrainSpec, GateSpec]]:
     """The training and timestep ablations, each against the same plain concept."""
     return {
         "Perfusion (5 shots, masked, train beta 0.75)": (base, gate),
@@ -100,6 +100,7 @@ def ablation_runs(base: TrainSpec, gate: GateSpec) -> dict[str, tuple[TrainSpec,
         "S1: edit only in the first 60% of denoising": (base, replace(gate, end_percent=0.6)),
         "S2: 2 timestep intervals": (replace(base, timestep_sets=2), gate),
         "S2: 4 timestep intervals": (replace(base, timestep_sets=4), gate),
+        f"captions, {composites} two-object composites added": (replace(base, composites=composites), gate),
     }
 
 
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="labels of the ablations to run, separated by ';' (default: all); rows of the others stay")
     parser.add_argument("--lora-lrs", default="0.0005,0.005",
                         help="learning rates of the LoRA baseline (TrainLoraNode's default, and a tenfold one)")
+    parser.add_argument("--composites", type=int, default=6,
+                        help="two-object renders added to the shots of the caption-trained concepts (two, ablations)")
     parser.add_argument("--out", type=Path, default=FIGURES)
     parser.add_argument("--doc", type=Path, default=DOCS / "evidence.md", help="where the tables go")
     args = parser.parse_args(argv)
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     saved.write_text(json.dumps(results, indent=1, default=str))  # a crash keeps the parts done
     if "ablations" in parts:
         _log("ablations")
-        runs = ablation_runs(base, gate)
+        runs = ablation_runs(base, gate, args.composites)
         wanted = [w.strip() for w in args.ablations.split(";") if w.strip()]
         chosen = {k: v for k, v in runs.items() if not wanted or k in wanted}
         if len(chosen) != (len(wanted) or len(runs)):
@@ -187,10 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     saved.write_text(json.dumps(results, indent=1, default=str))  # a crash keeps the parts done
     if "two" in parts:
         _log("two concepts")
+        results["two_concepts"] = two_concepts_report(host, base, gate, args.composites, train_seeds, sample_seeds)
+    saved.write_text(json.dumps(results, indent=1, default=str))  # a crash keeps the parts done
+    if "regional" in parts:
+        _log("two concepts, one per half of the image")
         second = replace(base, concept="striped_cup", trigger=SECOND_TRIGGER)
-        results["two_concepts"] = [
-            row | {"lock": lock} for lock in ("local", "context")
-            for row in two_concepts(host, base, second, replace(gate, lock=lock), train_seeds, sample_seeds)]
+        results["two_regional"] = [
+            two_concepts_regional(host, a, b, replace(gate, lock=lock, beta=beta), train_seeds, sample_seeds)
+            | {"lock": lock, "beta": beta}
+            for lock, beta in (("local", 0.7), ("context", 0.7), ("context", 0.5))
+            for a, b in ((base, second), (second, base))]
     saved.write_text(json.dumps(results, indent=1, default=str))  # a crash keeps the parts done
     if "lora" in parts:
         _log("LoRA baseline")
@@ -217,6 +226,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def two_concepts_report(host: WorldHost, base: TrainSpec, gate: GateSpec, composites: int, train_seeds: list[int],
+                        sample_seeds: list[int]) -> list[dict]:
+    """Two concepts stacked, each lock, for concepts trained on templates and on captioned renders
+    that include the concept beside another object, left and right (``composites``)."""
+    rows = []
+    for training, spec in (("templates", base),
+                           (f"captions, {composites} composites", replace(base, composites=composites))):
+        second = replace(spec, concept="striped_cup", trigger=SECOND_TRIGGER)
+        rows += [row | {"lock": lock, "training": training} for lock in ("local", "context")
+                 for row in two_concepts(host, spec, second, replace(gate, lock=lock), train_seeds, sample_seeds)]
+    return rows
+
+
 def companion_report(host: WorldHost, base: TrainSpec, gate: GateSpec, train_seeds: list[int], sample_seeds: list[int],
                      betas: list[float], lora_lr: float) -> list[dict]:
     """Every method on prompts that ask for the concept beside another object of a given colour
@@ -229,19 +251,15 @@ def companion_report(host: WorldHost, base: TrainSpec, gate: GateSpec, train_see
              for r in front(host, replace(base, train_keys=True), train_seeds, betas, ["local"], sample_seeds,
                             asked=asked)]
     rows += [r | {"method": "textual inversion"} for r in
-             variants(host, textual_inversion_runs(base, gate), train_seeds, sample_seeds, companions=True)]
+             variants(host, textual_inversion_runs(base, gate), train_seeds, sample_seeds, asked=asked)]
     lora = lora_baseline(host, LoraSpec(steps=base.steps, lr=lora_lr), train_seeds, sample_seeds, asked=asked)
     return rows + [lora | {"method": "LoRA"}]
 
 
 def companion_plot(rows: list[dict]) -> Image.Image:
     """Fidelity against alignment beside a companion object, one series per method."""
-    series: dict[str, list[Point]] = {}
-    for r in rows:
-        label = f"b={r['beta']}" if "beta" in r else ""
-        series.setdefault(r["method"], []).append(Point(r["alignment"], r["fidelity"], _finite(r["alignment_ci"]),
-                                                        _finite(r["fidelity_ci"]), label))
-    return scatter(series, "prompt alignment (setting, companion's place, category, colour)", "concept fidelity",
+    return scatter(_series([(r["method"], r) for r in rows]),
+                   "prompt alignment (setting, companion's place, category, colour)", "concept fidelity",
                    "Beside a companion object")
 
 
@@ -249,11 +267,16 @@ def front_plot(results: dict) -> Image.Image:
     """Fidelity against alignment by inference beta: each lock mode, and the keys-trained (no lock) concepts."""
     labelled = [(f"{r['lock']} lock", r) for r in results.get("front", [])]
     labelled += [("no key-lock (keys trained)", r) for r in results.get("front_nolock", [])]
+    return scatter(_series(labelled), "prompt alignment", "concept fidelity", "Perfusion by inference beta (tau 0.15)")
+
+
+def _series(labelled: list[tuple[str, dict]]) -> dict[str, list[Point]]:
+    """(series name, result row) pairs -> the plot's points per series, labelled by beta where rows have one."""
     series: dict[str, list[Point]] = {}
-    for label, r in labelled:
-        series.setdefault(label, []).append(Point(r["alignment"], r["fidelity"], _finite(r["alignment_ci"]),
-                                                  _finite(r["fidelity_ci"]), f"b={r['beta']}"))
-    return scatter(series, "prompt alignment", "concept fidelity", "Perfusion by inference beta (tau 0.15)")
+    for name, r in labelled:
+        series.setdefault(name, []).append(Point(r["alignment"], r["fidelity"], _finite(r["alignment_ci"]),
+                                                 _finite(r["fidelity_ci"]), f"b={r['beta']}" if "beta" in r else ""))
+    return series
 
 
 def _merge_rows(earlier: list[dict], measured: list[dict], order: list[str] | None = None) -> list[dict]:

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 
 from world.host import WorldHost
-from world.metrics import (Request, alignment, both_correct, companion_requests, fidelity, in_slot, mean_ci,
-                           requests, training_scenes)
-from world.scenes import BACKGROUNDS, CONCEPT_BY_NAME, SETTING_PHRASE, Concept
+from world.metrics import (Request, alignment, both_correct, composite_scenes, fidelity, in_slot, mean_ci, requests,
+                           training_scenes)
+from world.scenes import BACKGROUNDS, CONCEPT_BY_NAME, SETTING_PHRASE, Concept, Scene, caption
 
 TRIGGER = "sks"
 SECOND_TRIGGER = "zwx"
@@ -24,9 +24,10 @@ SECOND_TRIGGER = "zwx"
 
 _SHORT = {"concept": "", "trigger": "", "train_beta": "tbeta", "lr_values": "lr", "timestep_sets": "tsets", "batch_size": "batch",
           "grad_accumulation": "accum", "statistics_captions": "stat", "embedding_only": "ti", "lr_embedding": "lremb",
-          "train_keys": "nolock", "fp8_base": "fp8"}
+          "train_keys": "nolock", "fp8_base": "fp8", "composites": "comp"}
 # TrainSpec fields added after concepts were cached, with their defaults.
-_LATER_FIELDS = {"embedding_only": False, "lr_embedding": 0.006, "train_keys": False, "fp8_base": False}
+_LATER_FIELDS = {"embedding_only": False, "lr_embedding": 0.006, "train_keys": False, "fp8_base": False,
+                 "composites": 0}
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ class TrainSpec:
     lr_embedding: float = 0.006
     train_keys: bool = False  # the no-key-lock ablation: TrainPerfusion's "no key-lock"
     fp8_base: bool = False  # train (and sample) on the world model loaded with float8 weights
+    # Two-object renders of the concept beside another object, added to the shots; with any, every
+    # image is trained in its own caption (TrainPerfusion's captions input) instead of the templates.
+    composites: int = 0
 
     def training_mode(self) -> int:
         """Index into TrainPerfusion's WHAT_TO_TRAIN: Perfusion, textual inversion or no key-lock."""
@@ -81,17 +85,19 @@ def train_concept(host: WorldHost, spec: TrainSpec) -> Any:
     if folder_paths.get_full_path("perfusion", name + ".safetensors") is not None:
         return nodes.nodes_concept.LoadPerfusionConcept().load(name + ".safetensors")[0]
     concept = CONCEPT_BY_NAME[spec.concept]
-    images, masks = host.images_of(training_scenes(concept, spec.shots, seed=spec.seed))
+    scenes = training_scenes(concept, spec.shots, seed=spec.seed) + composite_scenes(concept, spec.composites, spec.seed)
+    images, masks = host.images_of(scenes)
+    captions = "\n".join(caption(s, words={concept.name: "{}"}) for s in scenes) if spec.composites else ""
     with torch.inference_mode():
         result = nodes.nodes_train.TrainPerfusion().train(
             host.base(spec.fp8_base), host.clip, host.vae, images=images, trigger_word=spec.trigger, superclass=concept.category,
-            steps=spec.steps, batch_size=min(spec.batch_size, spec.shots), grad_accumulation=spec.grad_accumulation,
+            steps=spec.steps, batch_size=min(spec.batch_size, len(scenes)), grad_accumulation=spec.grad_accumulation,
             lr_values=spec.lr_values, lr_embedding=spec.lr_embedding, train_beta=spec.train_beta, train_tau=0.1, seed=spec.seed,
             resolution=64, timestep_sets=spec.timestep_sets, gradient_checkpointing=False,
             mask_source="mask input if connected" if spec.masked else "none", checkpoint_every=0,
             output_name=name, statistics_captions=spec.statistics_captions, preview_every=0,
             mask=masks if spec.masked else None,
-            what_to_train=choices[spec.training_mode()])["result"]
+            what_to_train=choices[spec.training_mode()], captions=captions)["result"]
     return result[0]
 
 
@@ -200,19 +206,24 @@ def _row(label: str, scores: list[Score]) -> dict:
 
 
 def variants(host: WorldHost, runs: dict[str, tuple[TrainSpec, GateSpec]], train_seeds: list[int],
-             sample_seeds: list[int], companions: bool = False) -> list[dict]:
-    """Fidelity and alignment of each labelled (training, gate) setting, one concept per training seed;
-    on the concept alone in every setting and place, or (``companions``) beside another object."""
+             sample_seeds: list[int], asked: list[Request] | None = None) -> list[dict]:
+    """Fidelity and alignment of each labelled (training, gate) setting, one concept per training seed,
+    on ``asked`` (default: the concept alone in every setting and place)."""
     rows = []
     for label, (spec, gate) in runs.items():
         concept = CONCEPT_BY_NAME[spec.concept]
-        asked = companion_requests(spec.trigger, concept.category) if companions else requests(spec.trigger)
         scores = []
         for seed in train_seeds:
             model, clip = apply(host, train_concept(host, replace(spec, seed=seed)), gate, host.base(spec.fp8_base))
-            scores.append(score(host, model, clip, concept, asked, sample_seeds))
+            scores.append(score(host, model, clip, concept, asked or requests(spec.trigger), sample_seeds))
         rows.append(_row(label, scores))
     return rows
+
+
+def _both_applied(host: WorldHost, first: TrainSpec, second: TrainSpec, gate: GateSpec, seed: int) -> tuple[Any, Any]:
+    """(MODEL, CLIP) with the two concepts of one training seed stacked, both at ``gate``."""
+    model, clip = apply(host, train_concept(host, replace(first, seed=seed)), gate)
+    return apply(host, train_concept(host, replace(second, seed=seed)), gate, model, clip)
 
 
 def two_concepts(host: WorldHost, first: TrainSpec, second: TrainSpec, gate: GateSpec, train_seeds: list[int],
@@ -221,26 +232,63 @@ def two_concepts(host: WorldHost, first: TrainSpec, second: TrainSpec, gate: Gat
     in its own slot (the world draws the first-named object on the left), for both orders of naming:
     whether a failure follows the concept or the slot."""
     specs = {first.trigger: first, second.trigger: second}
-    stacked = []
-    for seed in train_seeds:
-        model, clip = apply(host, train_concept(host, replace(first, seed=seed)), gate)
-        stacked.append(apply(host, train_concept(host, replace(second, seed=seed)), gate, model, clip))
+    stacked = [_both_applied(host, first, second, gate, seed) for seed in train_seeds]
     rows = []
     for a, b in ((first.trigger, second.trigger), (second.trigger, first.trigger)):
         left, right = CONCEPT_BY_NAME[specs[a].concept], CONCEPT_BY_NAME[specs[b].concept]
-        both, in_left, in_right = [], [], []
-        for model, clip in stacked:
-            seen = [s for bg in BACKGROUNDS for s in host.read(host.sample(
-                f"a photo of a {a} and a {b} {SETTING_PHRASE[bg]}", sample_seeds, model=model, clip=clip))]
-            both.append(sum(both_correct(s, left, right) for s in seen) / len(seen))
-            in_left.append(sum(in_slot(s, "left", left) for s in seen) / len(seen))
-            in_right.append(sum(in_slot(s, "right", right) for s in seen) / len(seen))
-        row = {"prompt": f"`a photo of a {a} and a {b}` ({left.name} left, {right.name} right)",
-               "seeds": len(train_seeds), "images": len(train_seeds) * len(BACKGROUNDS) * len(sample_seeds)}
-        for key, values in (("both_correct", both), ("left_correct", in_left), ("right_correct", in_right)):
-            row[key], row[key + "_ci"] = mean_ci(values)
-        rows.append(row)
+        seen = [[s for bg in BACKGROUNDS for s in host.read(host.sample(
+            f"a photo of a {a} and a {b} {SETTING_PHRASE[bg]}", sample_seeds, model=model, clip=clip))]
+            for model, clip in stacked]
+        rows.append(placement_row(f"`a photo of a {a} and a {b}` ({left.name} left, {right.name} right)",
+                                  seen, left, right))
     return rows
+
+
+def placement_row(label: str, seen_by_seed: list[list[Scene]], left: Concept, right: Concept) -> dict:
+    """How often both concepts, the left one and the right one stand in their places: mean and
+    confidence interval over training seeds (one list of judged images per seed)."""
+    row = {"prompt": label, "seeds": len(seen_by_seed), "images": sum(len(seen) for seen in seen_by_seed)}
+    hits = {"both_correct": lambda s: both_correct(s, left, right), "left_correct": lambda s: in_slot(s, "left", left),
+            "right_correct": lambda s: in_slot(s, "right", right)}
+    for key, hit in hits.items():
+        row[key], row[key + "_ci"] = mean_ci([sum(map(hit, seen)) / len(seen) for seen in seen_by_seed])
+    return row
+
+
+def regional_prompt(clip: Any, prompts: dict[str, str], size: int = 64) -> list:
+    """ComfyUI's regional prompting with its stock nodes: each prompt (which names one place, 'left'
+    or 'right') conditions its half of the image (ConditioningSetMask), the halves combined
+    (ConditioningCombine). Each prompt names one concept, so no trigger's encoding sees another's."""
+    import nodes
+
+    from world.sampling import conditioning
+
+    halves = {"left": slice(0, size // 2), "right": slice(size // 2, size)}
+    combined: list = []
+    with torch.inference_mode():
+        for place, text in prompts.items():
+            mask = torch.zeros(1, size, size)
+            mask[:, :, halves[place]] = 1.0
+            part = nodes.ConditioningSetMask().append(conditioning(clip, text), mask, "default", 1.0)[0]
+            combined = nodes.ConditioningCombine().combine(combined, part)[0] if combined else part
+    return combined
+
+
+def two_concepts_regional(host: WorldHost, first: TrainSpec, second: TrainSpec, gate: GateSpec,
+                          train_seeds: list[int], sample_seeds: list[int]) -> dict:
+    """Two concepts in one image through regional prompting: 'a photo of a <A> <setting>, on the left'
+    on the left half and '... <B> ..., on the right' on the right half, both edits applied; how often
+    each concept stands in its half."""
+    left, right = CONCEPT_BY_NAME[first.concept], CONCEPT_BY_NAME[second.concept]
+    seen = []
+    for seed in train_seeds:
+        model, clip = _both_applied(host, first, second, gate, seed)
+        seen.append([s for bg in BACKGROUNDS for s in host.read(host.sample(regional_prompt(clip, {
+            "left": f"a photo of a {first.trigger} {SETTING_PHRASE[bg]}, on the left",
+            "right": f"a photo of a {second.trigger} {SETTING_PHRASE[bg]}, on the right"}), sample_seeds,
+            model=model, clip=clip))])
+    return placement_row(f"`a photo of a {first.trigger} <setting>, on the left` + `a photo of a {second.trigger} "
+                         f"<setting>, on the right` ({left.name} left, {right.name} right)", seen, left, right)
 
 
 def dump(rows: list[dict]) -> str:

@@ -61,7 +61,8 @@ class WorldHost:
         mask = np.stack([np.asarray(m, dtype=np.float32) / 255 for _, m in pairs])
         return torch.from_numpy(img), torch.from_numpy(mask)
 
-    def sample(self, prompt: str, seeds: list[int], model: Any = None, clip: Any = None, **kwargs: Any) -> torch.Tensor:
+    def sample(self, prompt: str | list, seeds: list[int], model: Any = None, clip: Any = None,
+               **kwargs: Any) -> torch.Tensor:
         return generate(model or self.model, clip or self.clip, self.vae, prompt, seeds, **kwargs)
 
     def read(self, images: torch.Tensor) -> list[Scene]:

@@ -107,6 +107,22 @@ def training_scenes(concept: Concept, n: int, seed: int) -> list[Scene]:
     return scenes
 
 
+def composite_scenes(concept: Concept, n: int, seed: int) -> list[Scene]:
+    """``n`` renders of the concept beside a generic object of another category, the concept left
+    and right in turn (what pasting the user's photos beside other things gives), varied settings."""
+    rng = random.Random(f"composite/{seed}")
+    others = [c for c in CATEGORIES if c != concept.category]
+    first, scenes = rng.randrange(len(BACKGROUNDS)), []
+    for i in range(n):
+        background = BACKGROUNDS[(first + i) % len(BACKGROUNDS)]
+        slot, other_slot = ("left", "right") if i % 2 == 0 else ("right", "left")
+        colour = rng.choice([c for c in COLOURS if c not in HIDDEN_COLOURS[background]])
+        pair = (concept_object(concept, slot, "small", rng.random() < 0.5),
+                WorldObject(rng.choice(others), colour, other_slot, "small", rng.random() < 0.5))
+        scenes.append(Scene(background, pair if slot == "left" else pair[::-1], jitter_seed=rng.randrange(2**31)))
+    return scenes
+
+
 def attribute_hits(seen: Scene, asked: Scene) -> dict[str, float]:
     """For a one-object prompt scene: did the image get its category, colour, setting and place right?"""
     want = asked.objects[0]

@@ -26,6 +26,16 @@ def _scores(header: str, rows: list[dict], key: str) -> str:
         for r in rows])
 
 
+def _two_concepts(title: str, leading: list[tuple[str, str]], rows: list[dict]) -> str:
+    """A two-concept table: the ``leading`` (header, row key) columns, then how often both concepts,
+    the left one and the right one stand in their places."""
+    header = [h for h, _ in leading] + ["both, each in its place", "left concept", "right concept", "images"]
+    return f"{title}\n\n" + _table(header, [
+        [str(r.get(k, "templates")) for _, k in leading]
+        + [_pm(r[k], r[k + "_ci"]) for k in ("both_correct", "left_correct", "right_correct")] + [str(r["images"])]
+        for r in rows])
+
+
 def tables(results: dict) -> str:
     """Every measured table present in ``results``, as one markdown section."""
     s = results["settings"]
@@ -54,13 +64,12 @@ def tables(results: dict) -> str:
     if ablations := results.get("ablations"):
         parts.append(_scores("### Ablations (local lock, inference beta 0.7, tau 0.15)\n\n", ablations, "variant"))
     if two := results.get("two_concepts"):
-        header = ["lock", "prompt", "both, each in its slot", "left: first named concept",
-                  "right: second named concept", "images"]
-        rows = [[r["lock"], r["prompt"], _pm(r["both_correct"], r["both_correct_ci"]),
-                 _pm(r["left_correct"], r["left_correct_ci"]), _pm(r["right_correct"], r["right_correct_ci"]),
-                 str(r["images"])] for r in two]
-        parts.append("### Two concepts in one prompt (the first named is drawn left, the second right; beta 0.7)\n\n"
-                     + _table(header, rows))
+        parts.append(_two_concepts("### Two concepts in one prompt (the first named is drawn left, the second right; "
+                                   "beta 0.7)", [("training", "training"), ("lock", "lock"), ("prompt", "prompt")], two))
+    if regional := results.get("two_regional"):
+        parts.append(_two_concepts("### Two concepts in one image, one prompt per half (ConditioningSetMask + "
+                                   "ConditioningCombine)", [("lock", "lock"), ("beta", "beta"), ("prompts", "prompt")],
+                                   regional))
     if lora := results.get("lora"):
         rows = [lora] if isinstance(lora, dict) else lora  # one row before the learning-rate sweep
         size = rows[0]

@@ -30,14 +30,15 @@ def conditioning(clip: Any, text: str) -> list:
 
 
 @torch.no_grad()
-def generate(model: Any, clip: Any, vae: Any, prompt: str, seeds: list[int], steps: int = 20, cfg: float = 5.0,
+def generate(model: Any, clip: Any, vae: Any, prompt: str | list, seeds: list[int], steps: int = 20, cfg: float = 5.0,
              negative: str = "", size: int = 64) -> torch.Tensor:
     """``[len(seeds), size, size, 3]`` float32 CPU images in [0, 1] (ComfyUI's IMAGE layout), Euler
-    sampler; in inference mode, as ComfyUI runs its nodes."""
+    sampler; in inference mode, as ComfyUI runs its nodes. ``prompt``: a text, or a CONDITIONING."""
     import comfy.sample
 
     with torch.inference_mode():
-        pos, neg = conditioning(clip, prompt), conditioning(clip, negative)
+        pos = conditioning(clip, prompt) if isinstance(prompt, str) else prompt
+        neg = conditioning(clip, negative)
         out = []
         for seed in seeds:
             latent = torch.zeros(1, 4, size // 8, size // 8)

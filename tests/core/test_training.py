@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from perfusion_core.concept import Gate, TextEncoderId
-from perfusion_core.training import (ConceptHeader, ConceptTrainables, TrainingError, TrainingSettings,
-                                     gaussian_noise, latent_weights, masked_diffusion_loss, micro_batch,
-                                     noise_prediction, square_crop)
+from perfusion_core.training import (PROMPT_TEMPLATES, ConceptHeader, ConceptTrainables, TrainingError,
+                                     TrainingSettings, gaussian_noise, latent_weights, masked_diffusion_loss,
+                                     micro_batch, noise_prediction, parse_captions, square_crop)
 from perfusion_core.training_state import (TrainingStateError, read_training_state, restore,
                                            save_training_state)
 
@@ -44,6 +44,25 @@ def test_default_settings_are_the_paper_recipe_and_valid():
 def test_invalid_settings_are_named(field, value, words):
     problems = dataclasses.replace(TrainingSettings(), **{field: value}).problems()
     assert len(problems) == 1 and words in problems[0]
+
+
+def test_captions_replace_the_templates_and_are_checked():
+    captions = ("a photo of a {} and a red chair", "a photo of a chair and a {}")
+    s = TrainingSettings(captions=captions)
+    assert s.prompts() == captions and TrainingSettings().prompts() == PROMPT_TEMPLATES
+    assert s.resume_key()["captions"] == list(captions), "a resumed run must have the same captions"
+    assert "captions" not in TrainingSettings().resume_key(), "checkpoints from before captions existed resume"
+    problems = TrainingSettings(captions=("a {} and a {}", "fine {}", "none here")).problems()
+    assert [p.split(" must")[0] for p in problems] == ["captions: caption 1", "captions: caption 3"]
+
+
+def test_parse_captions_one_per_line_with_the_trigger_marked():
+    text = "# my photos\n a photo of  zorb on the beach \n\nzorbs and a {} in the snow\nzorb, zorb and a cup\n"
+    assert parse_captions(text, "zorb") == ("a photo of {} on the beach", "zorbs and a {} in the snow",
+                                            "{}, zorb and a cup")
+    assert parse_captions("  \n# nothing\n", "zorb") == ()
+    with pytest.raises(TrainingError, match=r"captions: line 2 .*'zorb'.*'a zorbs photo'"):
+        parse_captions("a {}\na zorbs photo", "zorb")  # 'zorbs' is another word
 
 
 def test_micro_batch_draws_depend_only_on_seed_step_and_micro():

@@ -22,6 +22,7 @@ def test_lora_count_matches_what_train_lora_node_returns(pack, tiny_sd1_checkpoi
     import comfy.sd
     from comfy_extras.nodes_train import TrainLoraNode
 
+    count = bench_overhead().train_lora_node_floats
     # Two latent dicts: with a single one, 0.3.75's node trips over an unset variable.
     with torch.inference_mode():  # as the server runs nodes
         model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(tiny_sd1_checkpoint), output_clip=True)
@@ -34,4 +35,4 @@ def test_lora_count_matches_what_train_lora_node_returns(pack, tiny_sd1_checkpoi
                 optimizer=["AdamW"], loss_function=["MSE"], seed=[0], training_dtype=["fp32"], lora_dtype=["fp32"],
                 algorithm=["LoRA"], gradient_checkpointing=[False], existing_lora=["[None]"]).args
             trained = sum(t.numel() for t in out[1].values())
-            assert bench_overhead().train_lora_node_floats(model.model.diffusion_model, rank) == trained
+            assert count(model.model.diffusion_model, rank) == trained

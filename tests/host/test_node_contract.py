@@ -21,7 +21,7 @@ CONTRACT = {
                        "grad_accumulation", "lr_values", "lr_embedding", "train_beta", "train_tau", "seed",
                        "resolution", "timestep_sets", "gradient_checkpointing", "mask_source", "checkpoint_every",
                        "output_name", "statistics_captions", "resume_from", "preview_every", "preview_prompt",
-                       "mask"],
+                       "mask", "what_to_train", "captions"],
 }
 
 

@@ -289,6 +289,37 @@ def test_no_key_lock_ablation_moves_the_keys(pack, pipeline):
     assert moved > 1e-3  # both runs start from the same superclass encoding, which the locked one keeps
 
 
+CAPTIONS = ("a photo of a {} on the beach", "a photo of a zorb and a red chair", "a photo of a cup and a {}",
+            "a {} in the snow")
+
+
+def test_captions_train_each_image_in_its_own_prompt(pack, pipeline):
+    """With per-image captions the key lock's i_super is the superclass's mean encoding over those
+    captions (not the templates), the captions are part of the run's settings, and nothing is flipped."""
+    _, clip, _ = pipeline
+    concept = train(pack, pipeline, steps=2, output_name="captioned", captions="\n".join(CAPTIONS))[0]
+    encode_word = pack.nodes.encoding.encode_word
+    with torch.inference_mode():
+        want = torch.stack([encode_word(clip, c.replace("zorb", "{}"), "teddy") for c in CAPTIONS]).mean(0)
+        templates = torch.stack([encode_word(clip, t, "teddy") for t in ("a photo of a {}", "a rendering of a {}")])
+    assert torch.allclose(concept.i_super, want, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(concept.i_super, templates.mean(0), rtol=1e-2, atol=1e-3)
+    settings = concept.training["settings"]
+    assert settings["captions"] == [c.replace("zorb", "{}") for c in CAPTIONS] and settings["flip_probability"] == 0.0
+
+
+def test_encode_batch_rows_are_the_texts(pack, pipeline):
+    _, clip, _ = pipeline
+    texts = ["a photo of a cup", "a teddy", "a photo of a cup"]
+    host_sampling = pack.nodes.host_sampling
+    with torch.inference_mode():
+        cond, extras = host_sampling.encode_batch(clip, texts)[0]
+        for k, text in enumerate(texts):
+            one, one_extras = host_sampling.encode(clip, text)[0]
+            assert torch.equal(cond[k:k + 1], one)
+            assert torch.equal(extras["pooled_output"][k:k + 1], one_extras["pooled_output"])
+
+
 # -- reproducible, resumable -------------------------------------------------------------------------
 
 
@@ -447,6 +478,9 @@ def test_previews_sample_without_changing_the_training(pack, pipeline):
     ({"resume_from": "training/nope.safetensors"}, "resume_from .* not found"),
     ({"preview_prompt": "no placeholder"}, "preview_prompt must contain"),
     ({"what_to_train": "keys too"}, "what_to_train must be one of"),
+    ({"captions": "a {}\nb {}"}, "captions: 2 caption.* for 4 image"),
+    ({"captions": "a photo"}, "captions: line 1 names neither"),
+    ({"captions": "a {} and a {}"}, "caption 1 must contain"),
 ])
 def test_bad_inputs_are_named(pack, pipeline, overrides, message):
     with pytest.raises(TrainingError, match=message):

@@ -6,9 +6,10 @@ import math
 
 import pytest
 
-from world.metrics import (alignment, both_correct, companion_requests, fidelity, in_slot, mean_ci, requests,
-                           training_scenes)
-from world.scenes import BACKGROUNDS, CATEGORIES, CONCEPTS, HIDDEN_COLOURS, SLOTS, Scene, WorldObject, concept_object
+from world.metrics import (alignment, both_correct, companion_requests, composite_scenes, fidelity, in_slot, mean_ci,
+                           requests, training_scenes)
+from world.scenes import (BACKGROUNDS, CATEGORIES, CONCEPTS, HIDDEN_COLOURS, SLOTS, Scene, WorldObject, caption,
+                          concept_object)
 
 TEDDY, CUP = CONCEPTS[0], CONCEPTS[1]
 
@@ -77,6 +78,20 @@ def test_training_scenes_vary_the_setting_first() -> None:
     assert sorted(s.background for s in scenes) == sorted(BACKGROUNDS)
     assert all(o.concept == TEDDY.name for s in scenes for o in s.objects)
     assert training_scenes(TEDDY, 5, seed=0) == scenes != training_scenes(TEDDY, 5, seed=1)
+
+
+def test_composite_scenes_put_the_concept_left_and_right_beside_another_category() -> None:
+    scenes = composite_scenes(TEDDY, 6, seed=0)
+    assert [next(o.slot for o in s.objects if o.concept) for s in scenes] == ["left", "right"] * 3
+    assert len({s.background for s in scenes}) == len(BACKGROUNDS), "every setting before any repeats"
+    for s in scenes:
+        other = next(o for o in s.objects if o.concept is None)
+        assert [o.slot for o in s.objects] == ["left", "right"] and other.category != TEDDY.category
+        assert other.colour not in HIDDEN_COLOURS[s.background]
+    words = {TEDDY.name: "{}"}
+    assert caption(scenes[0], words=words).startswith("a photo of a {} and a ")
+    assert " and a {} " in caption(scenes[1], words=words)  # the right-hand object is named second
+    assert composite_scenes(TEDDY, 6, seed=0) == scenes != composite_scenes(TEDDY, 6, seed=1)
 
 
 def test_scatter_puts_each_point_where_its_values_say() -> None:

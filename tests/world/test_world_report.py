@@ -15,6 +15,12 @@ RESULTS = {
                "alignment_ci": 0.0, "images": 45}],
     "ablations": [{"variant": "one shot", "fidelity": 0.25, "fidelity_ci": float("nan"), "alignment": 0.9,
                    "alignment_ci": float("nan"), "images": 15}],
+    "two_concepts": [{"training": "captions, 6 composites", "lock": "context", "prompt": "`a photo of a sks and a zwx`",
+                      "both_correct": 0.2, "both_correct_ci": 0.1, "left_correct": 0.6, "left_correct_ci": 0.3,
+                      "right_correct": 0.4, "right_correct_ci": 0.2, "images": 15}],
+    "two_regional": [{"lock": "local", "beta": 0.7, "prompt": "`sks, on the left` + `zwx, on the right`",
+                      "both_correct": 0.5, "both_correct_ci": 0.25, "left_correct": 0.75, "left_correct_ci": 0.1,
+                      "right_correct": 0.6, "right_correct_ci": 0.2, "images": 45}],
     "companion": [{"variant": "LoRA rank 8, lr 0.005, 200 steps", "method": "LoRA", "fidelity": 0.5,
                    "fidelity_ci": 0.2, "alignment": 0.75, "alignment_ci": 0.05, "images": 45}],
 }
@@ -26,7 +32,11 @@ def test_tables_show_each_measured_value_with_its_interval() -> None:
     assert "| one shot | 0.25 | 0.90 | 15 |" in text  # one seed: no interval
     assert "| LoRA rank 8, lr 0.005, 200 steps | 0.50 ± 0.20 | 0.75 ± 0.05 | 45 |" in text
     assert "evidence/front_companion.png" in text
-    assert "Two concepts" not in text  # a part that was not measured has no table
+    assert ("| captions, 6 composites | context | `a photo of a sks and a zwx` | 0.20 ± 0.10 | 0.60 ± 0.30 | "
+            "0.40 ± 0.20 | 15 |") in text
+    assert ("| local | 0.7 | `sks, on the left` + `zwx, on the right` | 0.50 ± 0.25 | 0.75 ± 0.10 | 0.60 ± 0.20 "
+            "| 45 |") in text
+    assert "Textual inversion" not in text  # a part that was not measured has no table
 
 
 def test_write_tables_replaces_only_the_generated_section(tmp_path: Path) -> None:
@@ -42,7 +52,8 @@ def test_concept_names_spell_every_setting_within_the_trainer_limit() -> None:
     specs = [TrainSpec(), replace(TrainSpec(), seed=1), replace(TrainSpec(), train_beta=0.6),
              replace(TrainSpec(), concept="striped_cup", trigger=SECOND_TRIGGER, statistics_captions=20000),
              replace(TrainSpec(), embedding_only=True), replace(TrainSpec(), embedding_only=True, lr_embedding=0.03),
-             replace(TrainSpec(), train_keys=True), replace(TrainSpec(), fp8_base=True)]
+             replace(TrainSpec(), train_keys=True), replace(TrainSpec(), fp8_base=True),
+             replace(TrainSpec(), composites=6)]
     names = [s.name() for s in specs]
     assert len(set(names)) == len(names)
     assert all(len(n) <= 150 for n in names)  # TrainPerfusion's output_name limit
