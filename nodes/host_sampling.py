@@ -42,12 +42,10 @@ def encode(clip: Any, text: str) -> list:
 
 def encode_batch(clip: Any, texts: list[str]) -> list:
     """One conditioning ``[[cond, extras]]`` whose batch row k is ``texts[k]`` (each text encoded once)."""
-    distinct = list(dict.fromkeys(texts))
-    outs = [encode(clip, t)[0] for t in distinct]
-    rows = [distinct.index(t) for t in texts]
-    cond = torch.cat([outs[r][0] for r in rows])
-    extras = {k: torch.cat([outs[r][1][k] for r in rows]) if torch.is_tensor(v) else v for k, v in outs[0][1].items()}
-    return [[cond, extras]]
+    encoded = {t: encode(clip, t)[0] for t in dict.fromkeys(texts)}
+    rows = [encoded[t] for t in texts]
+    extras = {k: torch.cat([r[1][k] for r in rows]) if torch.is_tensor(v) else v for k, v in rows[0][1].items()}
+    return [[torch.cat([r[0] for r in rows]), extras]]
 
 
 def denoise(base_model: Any, model_options: dict, conditionings: list[list], x_t: torch.Tensor, sigma: torch.Tensor,

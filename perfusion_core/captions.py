@@ -468,6 +468,13 @@ class CaptionFileError(ValueError):
     """A caption file is unusable; the message names the file and says why."""
 
 
+def caption_lines(text: str) -> list[tuple[int, str]]:
+    """(line number, caption) for every line of ``text`` that holds one: runs of whitespace collapse
+    to one space; blank lines and lines starting with '#' are skipped."""
+    lines = ((n, " ".join(line.split())) for n, line in enumerate(text.splitlines(), 1))
+    return [(n, c) for n, c in lines if c and not c.startswith("#")]
+
+
 def read_caption_file(path: str | os.PathLike[str]) -> list[str]:
     """Captions from a UTF-8 text file: one per line; blank lines and lines
     starting with '#' are skipped; runs of whitespace collapse to one space."""
@@ -488,8 +495,7 @@ def read_caption_file(path: str | os.PathLike[str]) -> list[str]:
     except UnicodeDecodeError as exc:
         raise CaptionFileError(f"caption file '{p}' is not UTF-8 text (invalid byte at offset "
                                f"{exc.start}): save it as UTF-8, one caption per line") from None
-    captions = [" ".join(line.split()) for line in text.splitlines()]
-    captions = [c for c in captions if c and not c.startswith("#")]
+    captions = [c for _, c in caption_lines(text)]
     if not captions:
         raise CaptionFileError(f"caption file '{p}' contains no captions "
                                f"(only blank lines or '#' comments)")

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, reduce
 
+from .captions import caption_lines
 from .concept import Concept, ConceptError, Gate, TextEncoderId
 
 # Reference-implementation style templates; "{}" is the trigger (or the superclass).
@@ -42,10 +43,7 @@ def parse_captions(text: str, trigger: str) -> tuple[str, ...]:
     with '{}' for the trigger; a line without '{}' gets it in place of the trigger word's first
     whole-word occurrence. Raises TrainingError naming the line that has neither."""
     out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        line = " ".join(line.split())
-        if not line or line.startswith("#"):
-            continue
+    for n, line in caption_lines(text):
         if "{}" not in line:
             line, found = re.subn(rf"(?<!\w){re.escape(trigger)}(?!\w)", "{}", line, count=1)
             if not found:
