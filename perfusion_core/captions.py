@@ -1,4 +1,4 @@
-"""Caption corpora for estimating the text-encoder second moment C (method notes §7).
+"""Caption corpora for estimating the text-encoder second moment C (docs/method.md §7).
 
 C must cover the directions that real prompts occupy, or C^-1 blows up along
 the ones it never saw. No caption data set can be downloaded where this runs,

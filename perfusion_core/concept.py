@@ -42,7 +42,7 @@ def _finite(value: object) -> bool:
 
 @dataclass(frozen=True)
 class Gate:
-    """Inference-time gate of one concept (method notes §2, §3, §8 S1).
+    """Inference-time gate of one concept (docs/method.md §2, §3, §8 S1).
 
     beta/tau shape the sigmoid gate, ``strength`` scales the concept's whole
     contribution to the joint edit (0 = concept absent), and the concept is

@@ -1,4 +1,4 @@
-"""When a concept acts during denoising (method notes §8).
+"""When a concept acts during denoising (docs/method.md §8).
 
 S1: a concept is active only inside a window of denoising progress, given as
 start/end percent (0 = first step, 1 = last) and converted to sigmas by the

@@ -1,4 +1,4 @@
-"""Training a concept (method notes §5, §6, §8 S2): what is trained, the
+"""Training a concept (docs/method.md §5, §6, §8 S2): what is trained, the
 objective, and the per-step randomness. Plain torch; the host-side loop lives
 in ``nodes/training.py``.
 
@@ -54,7 +54,7 @@ def parse_captions(text: str, trigger: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    """Everything that determines a run besides the data and the model (recipe in method notes §6)."""
+    """Everything that determines a run besides the data and the model (recipe in docs/method.md §6)."""
 
     steps: int = 400
     batch_size: int = 4
@@ -158,7 +158,7 @@ def micro_batch(settings: TrainingSettings, step: int, micro: int, num_images: i
 
 
 def gaussian_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """Standard normal noise (method notes §9: Gaussian, never uniform), on CPU for reproducibility."""
+    """Standard normal noise (docs/method.md §9: Gaussian, never uniform), on CPU for reproducibility."""
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 

@@ -203,7 +203,7 @@ def test_orthogonal_concepts_compose_as_independent_edits(world):
 
 
 def test_gate_reference_values():
-    """The table in the method notes §2."""
+    """The table in docs/method.md §2."""
     for beta, tau, at1, at0 in [(0.75, 0.10, 0.924, 5.5e-4), (0.70, 0.15, 0.881, 0.0093), (0.40, 0.15, 0.982, 0.065)]:
         g = gate_values(torch.tensor([1.0, 0.0]), torch.tensor(beta), torch.tensor(tau))
         assert g[0].item() == pytest.approx(at1, abs=1e-3)

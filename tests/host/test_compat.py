@@ -256,7 +256,7 @@ def test_fp8_weights(pack, tiny_sd1, fp8_model, word_edit, unload):
 
 
 def joint_edit_reference(x: torch.Tensor, weight: torch.Tensor, concepts: list, targets: torch.Tensor) -> torch.Tensor:
-    """Independent float64 joint edit (method notes §4): project x off span{i*} in the C^-1 metric via
+    """Independent float64 joint edit (docs/method.md §4): project x off span{i*} in the C^-1 metric via
     the Gram system G c = U x (G_mn = u_m . i*_n), add every concept's gated target, per-concept strength."""
     x, w = x.double(), weight.double()
     i_star = torch.stack([c.i_star for c in concepts]).double()  # (N, D)
