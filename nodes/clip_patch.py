@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 
 from perfusion_core.concept import SUPERCLASS_PROMPT_LOCKS, Concept, ConceptError
+from perfusion_core.concept_file import words_match
 
 from .model_patch import K_CONTEXT_COND
 
@@ -33,8 +34,20 @@ log = logging.getLogger(__name__)
 
 
 def trigger_pattern(trigger: str) -> re.Pattern:
-    """The trigger as a whole word, case-insensitive (CLIP lowercases anyway)."""
+    """The trigger as a whole word, case-insensitive (CLIP lowercases anyway).
+
+    Which spellings count as the trigger is decided by this pattern alone (Unicode simple case
+    folding: 'ſ' and 'S' match 's', 'Σ' matches 'ς' and 'σ'); nothing else compares triggers with
+    str.lower(), whose answer differs for such letters.
+    """
     return re.compile(r"(?<![\w])" + re.escape(trigger.strip()) + r"(?![\w])", re.IGNORECASE)
+
+
+def embedding_reference(pattern: re.Pattern, text: str) -> bool:
+    """Whether ``text`` writes the trigger as ``embedding:<trigger>`` (ComfyUI's embedding-file syntax):
+    the trigger's learned embedding lives on this CLIP, not in a file, so the loader would drop it."""
+    return any(text[max(0, m.start() - len("embedding:")):m.start()].lower() == "embedding:"
+               for m in pattern.finditer(text))
 
 
 def token_ids(tokens: dict[str, list]) -> dict[str, set]:
@@ -78,6 +91,9 @@ class TriggerEntry:
     def pattern(self) -> re.Pattern:
         return trigger_pattern(self.trigger)
 
+    def matches(self, word: str) -> bool:
+        return words_match(self.trigger, word)
+
 
 class TriggerTokenizer:
     """Tokenizer wrapper: everything is delegated except tokenize_with_weights."""
@@ -91,6 +107,10 @@ class TriggerTokenizer:
         return getattr(self.__dict__["base"], name)
 
     def tokenize_with_weights(self, text: str, return_word_ids: bool = False, **kwargs: Any) -> dict:
+        for e in self.entries:  # word edits too: their edit needs the word itself in the prompt
+            if embedding_reference(e.pattern, text):
+                raise ConceptError(f"the prompt writes 'embedding:{e.trigger}', but '{e.trigger}' is a Perfusion "
+                                   "trigger, not an embedding file; write the trigger as a plain word")
         tokens = self._embed(text, [e for e in self.entries if e.embeddings], return_word_ids, **kwargs)
         replaced = [e for e in self.entries if e.superclass_prompt and e.pattern.search(text)]
         if replaced:
@@ -114,11 +134,12 @@ class TriggerTokenizer:
         free = [(w, ids) for w, ids in self._sentinels if all(ids[k] not in used.get(k, ()) for k in ids)]
         if len(free) < len(present):
             raise ConceptError(f"prompt uses too many Perfusion triggers at once ({len(present)}); at most {len(free)}")
-        word_of = {e.trigger.strip().lower(): w for e, (w, _) in zip(present, free)}
         # One pass over all triggers: substituting one after another could turn a trigger into a
-        # sentinel word that the next substitution then takes for its own trigger.
-        either = re.compile("|".join(f"(?:{e.pattern.pattern})" for e in present), re.IGNORECASE)
-        text = either.sub(lambda m: word_of[m.group(0).lower()], text)
+        # sentinel word that the next substitution then takes for its own trigger. Each trigger is a
+        # named group, so the match itself says whose it is (no lookup by a lowered spelling).
+        word_of = {f"t{n}": w for n, (_, (w, _)) in enumerate(zip(present, free))}
+        either = re.compile("|".join(f"(?P<t{n}>{e.pattern.pattern})" for n, e in enumerate(present)), re.IGNORECASE)
+        text = either.sub(lambda m: word_of[m.lastgroup], text)
         swap: dict[tuple[str, int], torch.Tensor] = {}
         for entry, (_, ids) in zip(present, free):
             for key, tid in ids.items():
@@ -184,7 +205,7 @@ def install(clip: Any, concepts: list[Concept], source: str) -> Any:
     if isinstance(base, TriggerTokenizer):
         previous, base = base.entries, base.base
     sizes = embedding_sizes(base)
-    entries = [e for e in previous if all(e.trigger.lower() != c.trigger.lower() for c in concepts)]
+    entries = [e for e in previous if not any(words_match(e.trigger, c.trigger) for c in concepts)]
     for c in concepts:
         check_embeddings(c, sizes, source)
         needs_superclass_prompt = c.gate.lock in SUPERCLASS_PROMPT_LOCKS

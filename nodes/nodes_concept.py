@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import time
 
 import folder_paths
 
 from perfusion_core.concept import LOCK_MODES, Concept, ConceptError
-from perfusion_core.concept_file import load_concept, save_concept, unique_path
+from perfusion_core.concept_file import MAX_FILE_BYTES, load_concept, save_concept, unique_path
 
 from . import folders
 
@@ -17,7 +19,7 @@ CATEGORY = "perfusion"
 FROM_CONCEPT = "concept default"
 GATE_NODE = "ConceptGate"
 SAVE_NODE = "SavePerfusionConcept"
-MAX_NAME_CHARS = 150  # file names stay well under the usual 255-byte limit, suffixes included
+MAX_NAME_CHARS = folders.MAX_NAME_CHARS
 
 
 class LoadPerfusionConcept:
@@ -37,13 +39,25 @@ class LoadPerfusionConcept:
     @classmethod
     def IS_CHANGED(cls, concept_name: str) -> str:
         path = folder_paths.get_full_path(folders.FOLDER, concept_name)
-        if path is None:
-            return ""
-        st = os.stat(path)
-        return f"{st.st_mtime_ns}:{st.st_size}"
+        return "" if path is None else file_version(path)
 
     def load(self, concept_name: str) -> tuple[Concept]:
         return (load_concept(folder_paths.get_full_path_or_raise(folders.FOLDER, concept_name)),)
+
+
+def file_version(path: str) -> str:
+    """What ComfyUI's cache keys a loaded concept file on: a digest of its bytes. Size and mtime
+    miss a file replaced by one of the same size with its mtime kept (cp -p, rsync -t, an archive),
+    and a concept file is small enough (at most 64 MiB, usually ~40 KB) to hash on every prompt."""
+    try:
+        st = os.stat(path)
+        if not os.path.isfile(path) or not 0 < st.st_size <= MAX_FILE_BYTES:
+            # The loader refuses these without reading them (a kernel pseudo-file may block): so do we.
+            return f"unhashed:{st.st_ino}:{st.st_ctime_ns}:{st.st_size}"
+        with open(path, "rb") as handle:
+            return hashlib.sha256(handle.read(MAX_FILE_BYTES + 1)).hexdigest()
+    except OSError:
+        return f"unreadable:{time.time_ns()}"  # always "changed": the load then reports why
 
 
 class ConceptGate:
@@ -119,24 +133,31 @@ class SavePerfusionConcept:
         }}
 
     def save(self, concept: Concept, filename_prefix: str) -> dict:
-        root = os.path.realpath(folders.output_dir())
-        target = os.path.realpath(os.path.join(root, filename_prefix.strip() + ".safetensors"))
-        if not target.startswith(root + os.sep):
-            raise ConceptError(f"{SAVE_NODE}: filename_prefix {filename_prefix!r} leaves the perfusion folder")
-        stem = os.path.basename(target)[:-len(".safetensors")]
-        if not stem or stem.startswith("."):
+        prefix = filename_prefix.strip()
+        if not prefix:
             raise ConceptError(f"{SAVE_NODE}: filename_prefix {filename_prefix!r} has no file name "
                                "(empty, or a hidden name starting with '.')")
-        if len(stem) > MAX_NAME_CHARS:
-            raise ConceptError(f"{SAVE_NODE}: the file name in filename_prefix is {len(stem)} characters long "
-                               f"(at most {MAX_NAME_CHARS})")
+        if prefix.startswith("/") or ".." in prefix.split("/"):
+            raise ConceptError(f"{SAVE_NODE}: filename_prefix {filename_prefix!r} leaves the perfusion folder")
+        problem = folders.name_problem(prefix, "filename_prefix", folders_allowed=True)
+        if problem:
+            raise ConceptError(f"{SAVE_NODE}: {problem}")
+        root = os.path.realpath(folders.output_dir())
+        target = os.path.realpath(os.path.join(root, prefix + ".safetensors"))
+        if not target.startswith(root + os.sep):  # a linked sub-folder pointing outside
+            raise ConceptError(f"{SAVE_NODE}: filename_prefix {filename_prefix!r} leaves the perfusion folder")
         first = os.path.relpath(target, root).split(os.sep)[0]
-        if first in (folders.STATISTICS_SUBFOLDER, folders.TRAINING_SUBFOLDER):
-            # Files there are hidden from the concept list (and offered as training checkpoints).
+        if first in (folders.STATISTICS_SUBFOLDER, folders.TRAINING_SUBFOLDER):  # reached through a link
             raise ConceptError(f"{SAVE_NODE}: filename_prefix {filename_prefix!r} is in the '{first}' sub-folder, "
                                "which is reserved for the pack's own files; choose another name")
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        path = save_concept(concept, unique_path(target))
+        try:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            path = save_concept(concept, unique_path(target))
+        except ConceptError as err:
+            raise ConceptError(f"{SAVE_NODE}: {err}") from None
+        except (OSError, ValueError) as err:  # e.g. a name the file system refuses
+            raise ConceptError(f"{SAVE_NODE}: could not write {os.path.basename(target)!r} ({err}); "
+                               "nothing was written") from None
         name = os.path.relpath(path, root)
         return {"ui": {"text": [name]}, "result": ()}
 

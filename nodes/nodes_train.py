@@ -13,13 +13,13 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from perfusion_core.concept import ConceptError
-from perfusion_core.concept_file import word_problem
+from perfusion_core.concept_file import trigger_problem, word_problem, words_match
 from perfusion_core.training import TrainingError, TrainingSettings, parse_captions
 from perfusion_core.training_state import TrainingStateError, read_training_state
 
 from . import folders
 from .attention_masks import superclass_masks
-from .nodes_concept import CATEGORY, CONCEPT, MAX_NAME_CHARS
+from .nodes_concept import CATEGORY, CONCEPT
 from .training import PerfusionTrainer, Previews, prepare_data, run_files
 
 NODE = "TrainPerfusion"
@@ -180,9 +180,9 @@ class TrainPerfusion:
                                     flip_probability=0.0 if per_image else TrainingSettings.flip_probability)
         # The settings call them beta/tau; this node's inputs are train_beta/train_tau.
         problems += [re.sub(r"^(beta|tau) ", r"train_\1 ", p) for p in settings.problems()]
-        problems += [p for p in (word_problem(trigger, "trigger_word"),
+        problems += [p for p in (trigger_problem(trigger, "trigger_word"),
                                  word_problem(superclass, "superclass", allow_spaces=True)) if p]
-        if not problems and trigger.lower() == superclass.lower():
+        if not problems and words_match(trigger, superclass):
             problems.append(f"trigger_word equals the superclass ({trigger!r}); pick a new word for the concept")
         if mask_source not in MASK_SOURCES:
             problems.append(f"mask_source must be one of {MASK_SOURCES}, got {mask_source!r}")
@@ -193,10 +193,9 @@ class TrainPerfusion:
         if preview_every < 0:
             problems.append(f"preview_every must be >= 0, got {preview_every}")
         name = output_name.strip()
-        if not name or os.path.basename(name) != name or name.startswith("."):
-            problems.append(f"output_name must be a plain file name without folders, got {output_name!r}")
-        elif len(name) > MAX_NAME_CHARS:
-            problems.append(f"output_name is {len(name)} characters long (at most {MAX_NAME_CHARS})")
+        name_problem = folders.name_problem(name, "output_name")
+        if name_problem:  # refused now: the final save must not fail after the whole run (NUL, newline)
+            problems.append(name_problem)
         if problems:
             raise TrainingError(f"{NODE}: " + "; ".join(problems))
         resume_path = None

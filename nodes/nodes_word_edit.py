@@ -6,12 +6,12 @@ from typing import Any
 
 from perfusion_core.captions import generate_captions
 from perfusion_core.concept import Concept, ConceptError
-from perfusion_core.concept_file import word_problem
+from perfusion_core.concept_file import concept_problem, trigger_problem, word_problem, words_match
 from perfusion_core.covariance import Whitener
 from perfusion_core.word_edit import word_edit_concept
 
 from . import host_model, statistics
-from .encoding import encode_word
+from .encoding import encode_word, template_problem, word_positions
 from .nodes_concept import CATEGORY, CONCEPT
 
 NODE = "PerfusionWordEdit"
@@ -46,28 +46,41 @@ class PerfusionWordEdit:
     def build(self, model: Any, clip: Any, trigger_word: str, target_word: str, template: str,
               statistics_captions: int = 1000) -> tuple[Concept]:
         trigger, target = trigger_word.strip(), target_word.strip()
-        for name, word in (("trigger_word", trigger), ("target_word", target)):
-            problem = word_problem(word, name)
-            if problem:
-                raise ConceptError(f"{NODE}: {problem}")
-        if trigger.lower() == target.lower():
+        problem = (trigger_problem(trigger, "trigger_word") or word_problem(target, "target_word")
+                   or template_problem(template))
+        if problem:
+            raise ConceptError(f"{NODE}: {problem}")
+        if words_match(trigger, target):
             raise ConceptError(f"{NODE}: trigger_word and target_word are both {trigger!r}; nothing to edit")
-        if template.count("{}") != 1:
-            raise ConceptError(f"{NODE}: template must contain '{{}}' exactly once (where the word goes), "
-                               f"got {template!r}")
+        try:
+            check_one_token(clip, template, trigger)
+            i_trigger = encode_word(clip, template, trigger)
+            i_target = encode_word(clip, template, target)
+        except ConceptError as err:
+            raise ConceptError(f"{NODE}: {err}") from None
         family = host_model.model_family(model)
         layers = host_model.cross_attention_layers(model)
-        i_trigger = encode_word(clip, template, trigger)
         u, stats_id = None, "identity"
         if statistics_captions > 0:
             C, stats_id = statistics.clip_statistics(clip, generate_captions(statistics_captions))
             u = Whitener(C).solve(i_trigger).float()
         concept = word_edit_concept(
-            trigger=trigger, target=target, u=u, statistics=stats_id,
-            i_trigger=i_trigger, i_target=encode_word(clip, template, target),
+            trigger=trigger, target=target, u=u, statistics=stats_id, i_trigger=i_trigger, i_target=i_target,
             value_weights={layer: host_model.value_weight(model, layer) for layer in layers},
             family=family, text_encoder=host_model.text_encoder_id(clip))
+        problem = concept_problem(concept)  # e.g. statistics that make u unusable: refuse what Save would
+        if problem:
+            raise ConceptError(f"{NODE}: the concept built for {trigger!r} is unusable: {problem}")
         return (concept,)
+
+
+def check_one_token(clip: Any, template: str, trigger: str) -> None:
+    """A word edit acts on the trigger's last token wherever it appears: a trigger of several tokens
+    ('housecat' = 'house' + 'cat') would edit every 'cat' instead."""
+    count = len(word_positions(clip.tokenizer, template.split("{}")[0].rstrip(), trigger))
+    if count != 1:
+        raise ConceptError(f"trigger_word {trigger!r} is {count} tokens for this CLIP; a word edit needs a "
+                           "one-token word (its edit would act on the last token, wherever it appears)")
 
 
 NODE_CLASS_MAPPINGS = {NODE: PerfusionWordEdit}

@@ -1,6 +1,6 @@
 """Concept files, format version 1: one small safetensors file per concept.
 
-Why this layout (method notes §5, §7, §9):
+Why this layout (docs/method.md §5, §7, §9):
   * Only what inference needs is stored: i*, u = C^-1 i* (so C itself, 2.4 MB
     for SDXL, never travels), i_super (key targets are recomputed as
     W_K i_super on the model in use), one value target per layer and
@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
 import tempfile
 import unicodedata
@@ -53,6 +54,26 @@ _PROMPT_SYNTAX = set("()[]{}:,\\|\"")
 _META_FIELDS = ("format_version", "family", "context_dim", "text_encoder", "statistics", "trigger",
                 "superclass", "layers", "timestep_sets", "embeddings", "defaults", "training", "dtype")
 _GATE_FIELDS = ("beta", "tau", "strength", "start_percent", "end_percent", "lock")
+# Stored gate defaults get ConceptGate's own input ranges: a file must not set what the node cannot.
+GATE_RANGES: dict[str, tuple[float, float]] = {"beta": (0.0, 2.0), "tau": (0.0, 1.0), "strength": (0.0, 2.0)}
+
+# Bounds on a concept's values: finite is not enough, since each of these renders black or noise
+# with no error. Text encodings (i*, i_super) are layer-normed, |x| of order 1-30 in real encoders:
+# at 1e4 W i* already overflows fp16 models and near the float32 maximum it overflows everywhere.
+MAX_DIRECTION_ABS = 1e4
+# u = C^-1 i* only enters as the ratio u.e / u.i*, so its scale is free, but u.i* must be a normal
+# float32 (a subnormal u makes the ratio 0/0 or inf) and u.e must not overflow float32.
+MIN_U_NORM, MAX_U_NORM = 1e-18, 1e18
+# u.i* >= this times |u||i*|: the cosine of u = C^-1 i* with i* is at least 2 sqrt(k) / (1 + k) for
+# k = cond(C) (Kantorovich): 0.03 for real encoders (k ~ 4e3), 2e-4 at the statistics' limit (1e8).
+# Smaller means u does not belong to i*, and r(e) = u.e/E would amplify other tokens' encodings
+# by up to |u||e|/E, opening the gate on noise.
+MIN_U_COSINE = 1e-6
+# Value targets replace attention values and embeddings enter the text encoder's residual stream;
+# both run in fp16 on most GPUs (max 65504), and sums over a layer's width overflow long before a
+# single value does. Real ones are of order 1-10; 1000 leaves two orders of magnitude for training.
+MAX_VALUE_ABS = 1e3
+MAX_EMBEDDING_ABS = 1e3
 _Fail = Callable[[str], ConceptError]
 _PICKLE_MAGIC = tuple(bytes([0x80, proto]) for proto in range(2, 6))
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -83,6 +104,30 @@ def word_problem(word: object, what: str = "trigger", allow_spaces: bool = False
     if not any(ch.isalnum() for ch in word):
         return f"{what} {word!r} cannot be a prompt word: it has no letter or digit"
     return None
+
+
+# English function words that fill almost every prompt: a trigger among them would take over every
+# article or preposition ("a" -> the concept in "a photo of a dog on a sofa"). Checked ignoring case.
+STOP_WORDS = frozenset(
+    "a an the of in on at to and or but with without for from by as is are be was this that these those "
+    "it its his her their my your our some any no not into onto over under near".split())
+
+
+def words_match(a: str, b: str) -> bool:
+    """Whether a prompt matcher would read one word as the other: equal under Unicode simple case
+    folding, the rule of the trigger pattern (re.IGNORECASE). str.lower() differs for letters such
+    as 'ſ' (long s), final sigma or the Turkish dotted capital I, so it is never used to compare."""
+    a, b = a.strip(), b.strip()
+    return bool(re.fullmatch(re.escape(a), b, re.IGNORECASE) or re.fullmatch(re.escape(b), a, re.IGNORECASE))
+
+
+def trigger_problem(word: object, what: str = "trigger") -> str | None:
+    """word_problem for a concept's trigger, which must also not be a stop word."""
+    problem = word_problem(word, what)
+    if problem is None and any(words_match(str(word), stop) for stop in STOP_WORDS):
+        problem = (f"{what} {word!r} is a common word (it would take over every {word!r} in a prompt); "
+                   "choose a rare word")
+    return problem
 
 
 def unique_path(path: str | Path) -> Path:
@@ -177,7 +222,7 @@ def _write_atomic(path: Path, data: bytes, overwrite: bool) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte or an unencodable name
         raise ConceptError(f"{path.name}: could not write the file ({exc})") from exc
     tmp = Path(tmp_name)
     try:
@@ -196,7 +241,9 @@ def _write_atomic(path: Path, data: bytes, overwrite: bool) -> None:
                 if path.exists():
                     raise ConceptError(f"{path.name}: already exists; refusing to overwrite it") from None
                 os.replace(tmp, path)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, ConceptError):
+            raise
         raise ConceptError(f"{path.name}: could not write the file ({exc}); nothing was written") from exc
     finally:
         tmp.unlink(missing_ok=True)
@@ -220,19 +267,32 @@ def _fsync_dir(directory: Path) -> None:
 # ----------------------------------------------------------------------------- loading
 
 def load_concept(path: str | Path) -> Concept:
-    """Read and fully validate a concept file; tensors come back float32 on CPU."""
+    """Read and fully validate a concept file; tensors come back float32 on CPU.
+
+    Only regular files are read, and only when the size stat() reports is what reading gives:
+    kernel pseudo-files (/proc, /sys) report 0 or 4096 bytes whatever they hold, and some block
+    or fail on read. OS errors are reported by their reason alone (no path, no content).
+    """
     path = Path(path)
     name = path.name
-    if not path.exists():
-        raise ConceptError(f"{name}: file not found")
-    if not path.is_file():
-        raise ConceptError(f"{name}: not a file")
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise ConceptError(f"{name}: file is {size / 2**20:.1f} MiB; a concept file is at most "
-                           f"{MAX_FILE_BYTES // 2**20} MiB (is this a model checkpoint or LoRA?)")
-    with path.open("rb") as handle:
-        data = handle.read(MAX_FILE_BYTES + 1)
+    try:
+        if not path.exists():
+            raise ConceptError(f"{name}: file not found")
+        if not path.is_file():
+            raise ConceptError(f"{name}: not a file (a device, folder or pipe?)")
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ConceptError(f"{name}: file is {size / 2**20:.1f} MiB; a concept file is at most "
+                               f"{MAX_FILE_BYTES // 2**20} MiB (is this a model checkpoint or LoRA?)")
+        if size == 0:  # also every /proc pseudo-file: never read those
+            raise ConceptError(f"{name}: not a safetensors file: only 0 bytes")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConceptError(f"{name}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if len(data) != size:
+        raise ConceptError(f"{name}: reading gave {len(data)} bytes but the file system says {size}: a kernel "
+                           "pseudo-file or a file being written; not a concept file")
     return concept_from_bytes(data, name)
 
 
@@ -266,16 +326,21 @@ def _read_header(data: bytes, fail: _Fail) -> dict[str, Any]:
                    "safetensors file; refusing to open it (pickles can run arbitrary code)")
     if len(data) < 8:
         raise fail(f"not a safetensors file: only {len(data)} bytes")
+    # The length field is the file's first 8 bytes: never print it (a linked text file, such as
+    # the password file, would leak its first characters as a number). Only its verdict is shown.
     (header_len,) = struct.unpack("<Q", data[:8])
     if header_len > MAX_HEADER_BYTES:
-        raise fail(f"not a safetensors file or corrupt header: header length {header_len} bytes "
-                   f"exceeds the {MAX_HEADER_BYTES // 1024} KiB limit")
+        raise fail(f"not a safetensors file or corrupt header: the header length field exceeds the "
+                   f"{MAX_HEADER_BYTES // 1024} KiB limit")
     if 8 + header_len > len(data):
-        raise fail(f"truncated: the header claims {header_len} bytes but the file has only "
-                   f"{len(data) - 8} after the length field")
+        raise fail(f"truncated: the header length field claims more bytes than the file's {len(data)}")
     try:
         header = json.loads(data[8:8 + header_len].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except UnicodeDecodeError:  # its message quotes the offending byte
+        raise fail("not a safetensors file or corrupt header: header is not UTF-8 text") from None
+    except RecursionError:
+        raise fail("not a safetensors file or corrupt header: header JSON is nested too deeply") from None
+    except ValueError as exc:
         raise fail(f"not a safetensors file or corrupt header: header is not valid JSON ({exc})") from None
     if not isinstance(header, dict):
         raise fail("corrupt safetensors header: expected a JSON object")
@@ -295,6 +360,8 @@ def _read_metadata(header: dict[str, Any], fail: _Fail) -> dict[str, Any]:
                    f"the limit is {MAX_METADATA_BYTES // 1024} KiB")
     try:
         meta = json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise fail(f"'{METADATA_KEY}' metadata is nested too deeply to be a concept's metadata") from None
     except ValueError as exc:
         raise fail(f"'{METADATA_KEY}' metadata is not valid JSON ({exc})") from None
     if not isinstance(meta, dict):
@@ -351,10 +418,9 @@ def _check_metadata(meta: dict[str, Any], fail: _Fail) -> dict[str, Any]:
     need(encoder["layer"] is None or _is_int(encoder["layer"]), "text_encoder.layer", "an integer or null")
     need(isinstance(meta["statistics"], str) and meta["statistics"].strip() != "", "statistics",
          "a non-empty string")
-    for word in ("trigger", "superclass"):
-        problem = word_problem(meta[word], word, allow_spaces=word == "superclass")
-        if problem is not None:
-            raise fail(problem)
+    problem = trigger_problem(meta["trigger"]) or word_problem(meta["superclass"], "superclass", allow_spaces=True)
+    if problem is not None:
+        raise fail(problem)
     layers = meta["layers"]
     need(isinstance(layers, dict) and len(layers) > 0, "layers", "a non-empty object {layer: d_out}")
     for layer, d_out in layers.items():
@@ -383,11 +449,32 @@ def _check_metadata(meta: dict[str, Any], fail: _Fail) -> dict[str, Any]:
         Gate(**{f: (float(v) if f != "lock" else v) for f, v in defaults.items()})
     except ConceptError as exc:
         raise fail(f"default {exc}") from None
+    for field, (low, high) in GATE_RANGES.items():
+        if not (low <= defaults[field] <= high):
+            raise fail(f"default gate {field} is {defaults[field]:g}; must be in [{low:g}, {high:g}] "
+                       "(ConceptGate's range)")
+    depth = _nesting(meta["training"])
+    if depth > MAX_TRAINING_DEPTH:
+        raise fail(f"metadata field 'training' is nested {depth} levels deep (at most {MAX_TRAINING_DEPTH})")
     need(isinstance(meta["training"], dict), "training", "an object")
     need(isinstance(meta["dtype"], str) and meta["dtype"] in DTYPES, "dtype", f"one of {', '.join(DTYPES)}")
     out = dict(meta)
     out["defaults"] = {f: (float(v) if f != "lock" else v) for f, v in defaults.items()}
     return out
+
+
+MAX_TRAINING_DEPTH = 16  # the training summary is flat; deep nesting only serves to exhaust the stack
+
+
+def _nesting(value: object) -> int:
+    """Depth of nested lists/objects, counted without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _dotted(meta: dict[str, Any], field: str) -> object:
@@ -451,10 +538,9 @@ def concept_problem(concept: Concept) -> str | None:
     """What makes ``concept`` unusable, or None. Shared by save and load."""
     if concept.family not in FAMILIES:
         return f"unknown base family {concept.family!r} (known: {', '.join(FAMILIES)})"
-    for word, what in ((concept.trigger, "trigger"), (concept.superclass, "superclass")):
-        problem = word_problem(word, what, allow_spaces=what == "superclass")
-        if problem is not None:
-            return problem
+    problem = trigger_problem(concept.trigger) or word_problem(concept.superclass, "superclass", allow_spaces=True)
+    if problem is not None:
+        return problem
     if not isinstance(concept.text_encoder, TextEncoderId) or not isinstance(concept.text_encoder.name, str) \
             or not concept.text_encoder.name.strip():
         return "text encoder must be a TextEncoderId with a non-empty name"
@@ -500,6 +586,37 @@ def concept_problem(concept: Concept) -> str | None:
     energy = float(torch.dot(concept.u.double().cpu(), concept.i_star.double().cpu()))
     if not energy > 0.0:
         return f"energy E = u . i* is {energy:.4g}, must be > 0 (u and i* do not belong together)"
+    return _bounds_problem(concept, energy)
+
+
+def _max_abs(t: torch.Tensor) -> float:
+    return float(t.detach().abs().max()) if t.numel() else 0.0
+
+
+def _bounds_problem(concept: Concept, energy: float) -> str | None:
+    """Finite values that still render black or noise (see the bounds above), or None."""
+    for key in ("i_star", "i_super"):
+        if _max_abs(getattr(concept, key)) > MAX_DIRECTION_ABS:
+            return (f"tensor '{key}' has values up to {_max_abs(getattr(concept, key)):.3g}; a text encoding "
+                    f"stays within {MAX_DIRECTION_ABS:g} (larger overflows the projections)")
+    u, i_star = concept.u.double().cpu(), concept.i_star.double().cpu()
+    u_norm, i_norm = float(u.norm()), float(i_star.norm())
+    if not (MIN_U_NORM <= u_norm <= MAX_U_NORM):
+        return (f"tensor 'u' has norm {u_norm:.3g}, outside [{MIN_U_NORM:g}, {MAX_U_NORM:g}] "
+                "(float32 loses the gate ratio u.e / u.i*)")
+    if energy < MIN_U_COSINE * u_norm * i_norm:
+        return (f"u . i* is {energy / (u_norm * i_norm):.3g} of |u||i*| (at least {MIN_U_COSINE:g}): u is not "
+                "C^-1 i* for this i*, and the gate would open on unrelated tokens")
+    groups = (("v_target.", concept.v_targets, MAX_VALUE_ABS), ("embedding.", concept.embeddings, MAX_EMBEDDING_ABS))
+    for prefix, group, limit in groups:
+        for key, t in group.items():
+            if _max_abs(t) > limit:
+                return (f"tensor '{prefix}{key}' has values up to {_max_abs(t):.3g} (at most {limit:g}; "
+                        "larger overflows fp16 models)")
+    for field, (low, high) in GATE_RANGES.items():
+        value = getattr(concept.gate, field)
+        if not (low <= value <= high):
+            return f"gate {field} is {value:g}; must be in [{low:g}, {high:g}] (ConceptGate's range)"
     return None
 
 

@@ -1,4 +1,4 @@
-"""The text-encoder second moment C and solves against it (method notes §2, §7).
+"""The text-encoder second moment C and solves against it (docs/method.md §2, §7).
 
 C = mean(e e^T) over token encodings e (uncentered), taken from exactly the
 encoder output the UNet consumes. Perfusion only needs u = C^-1 i* and the
@@ -35,12 +35,15 @@ FILE_FORMAT = "perfusion-second-moment"
 FILE_VERSION = "1"
 _TENSOR_KEY = "second_moment"
 
-# Relative ridges (times trace(C)/D) tried, smallest first, when C is only
-# semi-definite or numerically singular. A real encoder's C never needs one.
-RIDGE_STEPS: tuple[float, ...] = (1e-12, 1e-10, 1e-8, 1e-6)
-# Pivot ratio (max/min Cholesky diagonal, squared) beyond which a factorisation
-# that "succeeded" is treated as singular: float64 keeps < 4 digits past it.
-_MAX_PIVOT_CONDITION = 1e12
+# Largest condition number (max/min eigenvalue) of C that solves use as is. A real encoder's C is
+# far below it (SD1.5: ~4e3). Beyond it, C is singular in practice (an encoder whose outputs all
+# lie in a subspace, e.g. a final LayerNorm without bias makes every encoding sum to zero: cond
+# ~1e16), and u = C^-1 i* would be float64 noise along the missing directions, so a ridge is
+# added that brings the condition number down to this. Judged on eigenvalues, not on Cholesky's
+# pivots: a singular C can factorise with harmless-looking pivots.
+MAX_CONDITION = 1e8
+# Eigenvalues more negative than this (relative to the largest) mean C is no second moment at all.
+_NEGATIVE_TOLERANCE = 1e-9
 
 
 class StatisticsError(ValueError):
@@ -174,34 +177,38 @@ def _checked_matrix(C: torch.Tensor) -> torch.Tensor:
     return 0.5 * (c + c.T)
 
 
-def _pivots_ok(L: torch.Tensor) -> bool:
-    d = torch.diagonal(L)
-    return bool((d > 0).all()) and float((d.max() / d.min()) ** 2) <= _MAX_PIVOT_CONDITION
+def condition_ridge(c: torch.Tensor) -> float:
+    """The ridge to add to C (float64, symmetric) so that its condition number is at most
+    MAX_CONDITION: 0.0 for a well-conditioned C. Raises ValueError for an indefinite C."""
+    eigs = torch.linalg.eigvalsh(c)
+    top, bottom = float(eigs[-1]), float(eigs[0])
+    if not top > 0 or bottom < -_NEGATIVE_TOLERANCE * top:
+        raise ValueError(f"C is not positive semi-definite (eigenvalues from {bottom:.3g} to {top:.3g}); the "
+                         "statistics are corrupted or not a second moment")
+    if bottom * MAX_CONDITION >= top:
+        return 0.0
+    # (bottom + r) * MAX_CONDITION = top + r, with bottom clipped at 0 (rounding can make it negative)
+    return (top - max(bottom, 0.0) * MAX_CONDITION) / (MAX_CONDITION - 1.0)
 
 
 class Whitener:
     """Cholesky factor C = L L^T (float64), reused for any number of solves.
 
-    If C is only positive semi-definite (or numerically singular), the
-    factorisation is retried with C + ridge * I, ridge = rho * trace(C) / D
-    for rho in RIDGE_STEPS; ``ridge`` records what was added (0.0 normally).
-    A C that still fails (indefinite, corrupted) raises ValueError.
+    If C's condition number exceeds MAX_CONDITION (semi-definite, numerically singular), it is
+    factorised as C + ridge * I with the smallest ridge that brings it down to MAX_CONDITION;
+    ``ridge`` records what was added (0.0 normally). An indefinite C (corrupted) raises ValueError.
     """
 
     def __init__(self, C: torch.Tensor) -> None:
         c = _checked_matrix(C)
         d = c.shape[0]
-        mean_eig = float(torch.trace(c)) / d
-        if mean_eig <= 0:
-            raise ValueError(f"C has non-positive trace ({mean_eig * d}); not a second-moment matrix")
-        eye = torch.eye(d, dtype=torch.float64, device=c.device)
-        for rho in (0.0, *RIDGE_STEPS):
-            L, info = torch.linalg.cholesky_ex(c + (rho * mean_eig) * eye)
-            if int(info) == 0 and _pivots_ok(L):
-                self.L, self.ridge = L, rho * mean_eig
-                return
-        raise ValueError("C is not positive semi-definite (Cholesky failed even with a relative "
-                         f"ridge of {RIDGE_STEPS[-1]}); the statistics are corrupted or not a second moment")
+        if float(torch.trace(c)) <= 0:
+            raise ValueError(f"C has non-positive trace ({float(torch.trace(c))}); not a second-moment matrix")
+        ridge = condition_ridge(c)
+        L, info = torch.linalg.cholesky_ex(c + ridge * torch.eye(d, dtype=torch.float64, device=c.device))
+        if int(info) != 0:
+            raise ValueError("C is not positive definite even after its ridge; the statistics are corrupted")
+        self.L, self.ridge = L, ridge
 
     @property
     def dim(self) -> int:
@@ -234,7 +241,7 @@ def solve(C: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
 
 
 def energy(C: torch.Tensor, i: torch.Tensor) -> float:
-    """i^T C^-1 i in float64 (method notes §2: E)."""
+    """i^T C^-1 i in float64 (docs/method.md §2: E)."""
     return Whitener(C).energy(i)
 
 

@@ -1,4 +1,4 @@
-"""The gated rank-1 edit of one cross-attention projection (method notes §2, §4).
+"""The gated rank-1 edit of one cross-attention projection (docs/method.md §2, §4).
 
 For one projection W (d_out x D) and concepts n = 1..N with input directions
 i*_n, u_n = C^-1 i*_n and targets o*_n, the joint edit of a token encoding e is
@@ -46,20 +46,52 @@ class JointDirections:
         return JointDirections(*(t.to(device=device, dtype=dtype) for t in (self.U, self.gram_inv, self.energy)))
 
 
+# Largest |cosine| (in the C^-1 metric) between two concepts' i* in one joint edit. Beyond it the
+# two are one direction for the projection: G's condition number (1 + c) / (1 - c) passes ~2000,
+# each concept's gate opens on the other's trigger (r = c there, above any usable beta), so both
+# value targets land on one token (a washed-out image), and at c = 1 G is singular.
+MAX_DIRECTION_COSINE = 0.999
+
+
+def _gram(i_stars: torch.Tensor, us: torch.Tensor) -> torch.Tensor:
+    if i_stars.ndim != 2 or i_stars.shape != us.shape:
+        raise ValueError(f"i_stars and us must both be (N, D); got {tuple(i_stars.shape)} and {tuple(us.shape)}")
+    gram = einsum(us.double(), i_stars.double(), "m d, n d -> m n")
+    return 0.5 * (gram + gram.T)  # symmetric in exact arithmetic (C is symmetric)
+
+
+def direction_cosines(i_stars: torch.Tensor, us: torch.Tensor) -> torch.Tensor:
+    """(N, N) cosines of the i*_n in the C^-1 metric: G_mn / sqrt(G_mm G_nn), float64."""
+    gram = _gram(i_stars, us)
+    scale = torch.diagonal(gram).clamp_min(torch.finfo(torch.float64).tiny).sqrt()
+    return gram / (scale[:, None] * scale[None, :])
+
+
+def parallel_pairs(i_stars: torch.Tensor, us: torch.Tensor,
+                   limit: float = MAX_DIRECTION_COSINE) -> list[tuple[int, int, float]]:
+    """(m, n, cosine) for every pair m < n whose directions are too close to share one joint edit."""
+    cos = direction_cosines(i_stars, us)
+    n = cos.shape[0]
+    return [(a, b, float(cos[a, b])) for a in range(n) for b in range(a + 1, n) if abs(float(cos[a, b])) > limit]
+
+
 def joint_directions(i_stars: torch.Tensor, us: torch.Tensor) -> JointDirections:
     """Precompute the joint-projection terms from i*_n (N, D) and u_n (N, D).
 
     G is built and inverted in float64: two concepts with nearly parallel i*
     make G ill-conditioned, and the error would otherwise leak into every token.
+    Concepts closer than MAX_DIRECTION_COSINE are refused with a ValueError
+    naming them by index (callers name them by trigger first).
     """
-    if i_stars.ndim != 2 or i_stars.shape != us.shape:
-        raise ValueError(f"i_stars and us must both be (N, D); got {tuple(i_stars.shape)} and {tuple(us.shape)}")
-    i64, u64 = i_stars.double(), us.double()
-    gram = einsum(u64, i64, "m d, n d -> m n")
-    gram = 0.5 * (gram + gram.T)  # symmetric in exact arithmetic (C is symmetric)
+    gram = _gram(i_stars, us)
     energy = torch.diagonal(gram)
     if not bool((energy > 0).all()):
         raise ValueError(f"every concept needs i*^T C^-1 i* > 0; got energies {energy.tolist()}")
+    close = parallel_pairs(i_stars, us)
+    if close:
+        m, n, c = close[0]
+        raise ValueError(f"concepts {m} and {n} have nearly the same input direction i* (cosine {c:.6f} in the "
+                         f"C^-1 metric, at most {MAX_DIRECTION_COSINE}); one joint edit cannot tell them apart")
     gram_inv = torch.linalg.solve(gram, torch.eye(gram.shape[0], dtype=torch.float64))
     return JointDirections(U=us.T.float().contiguous(), gram_inv=gram_inv.float(), energy=energy.float())
 
@@ -118,7 +150,7 @@ def rome_edit(
 
 
 def context_locked_keys(own: torch.Tensor, superclass: torch.Tensor, openness: torch.Tensor) -> torch.Tensor:
-    """Key-locking to the superclass word in the same prompt (lock mode "context", method notes §3).
+    """Key-locking to the superclass word in the same prompt (lock mode "context", docs/method.md §3).
 
     own        (B, T, d_out)  keys of the prompt as written (after any rank-1 edits)
     superclass (B, T, d_out)  keys of the same prompt with each trigger replaced by its superclass

@@ -163,6 +163,13 @@ _TEXT_PREFIXES = ("cond_stage_model.", "conditioner.embedders.")
 _RESIDUAL_WRITES = ("out_proj.weight", "fc2.weight", "c_proj.weight")
 
 
+# A trained text encoder's final LayerNorm has a bias; with bias 0 every encoding sums to exactly
+# zero, so C is singular along the ones vector (cond ~1e16) and every test of u = C^-1 i* measures
+# noise. Tiny (test-only) encoders get a seeded bias of this scale. Full-size encoders keep bias 0:
+# the world model's UNet was trained against the full SD1 encoder as it is (world/captions.py).
+FINAL_NORM_BIAS_STD = 0.1
+
+
 def _is_text_residual_write(key: str) -> bool:
     return key.startswith(_TEXT_PREFIXES) and key.endswith(_RESIDUAL_WRITES)
 
@@ -293,11 +300,22 @@ def build_clip(family: str, size: str = "tiny", seed: int = 0, dtype: torch.dtyp
             if not key.endswith(("text_projection.weight", "logit_scale")):
                 raise RuntimeError(f"text encoder weight {key} has no generated value")
             state[key].data.copy_(tensor_value(key, state[key].shape, seed).to(state[key].dtype))
+    if size == "tiny":
+        _give_final_norms_a_bias(clip.cond_stage_model, seed)
     # ComfyUI ignores the position_ids buffer some checkpoint layouts carry.
     unexpected = [k for k in unexpected if not k.endswith("position_ids")]
     if unexpected:
         raise RuntimeError(f"generated text encoder keys not used by ComfyUI: {unexpected[:5]}")
     return clip
+
+
+def _give_final_norms_a_bias(encoder: torch.nn.Module, seed: int) -> None:
+    """Seeded N(0, FINAL_NORM_BIAS_STD^2) biases for every text encoder's final LayerNorm."""
+    with torch.no_grad():
+        for name, module in encoder.named_modules():
+            if name.endswith("final_layer_norm") and getattr(module, "bias", None) is not None:
+                bias = torch.randn(module.bias.shape, generator=_generator(seed, name + ".bias"))
+                module.bias.copy_((bias * FINAL_NORM_BIAS_STD).to(module.bias.dtype))
 
 
 def build_pipeline(

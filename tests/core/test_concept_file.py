@@ -204,12 +204,14 @@ def test_save_refuses_invalid_concepts(tmp_path: Path, change: dict, message: st
     assert list(tmp_path.iterdir()) == []
 
 
-def test_save_refuses_values_outside_float16_and_unsupported_dtypes(tmp_path: Path) -> None:
+def test_save_refuses_values_past_the_fp16_bound_in_any_dtype_and_unsupported_dtypes(tmp_path: Path) -> None:
+    """1e6 fits float32, but would overflow an fp16 model at inference: refused whatever the file dtype."""
     concept = make_concept()
     big = dataclasses.replace(concept, v_targets={"x.attn2": torch.full((1, 8), 1e6)})
-    with pytest.raises(ConceptError, match="outside the float16 range; save as float32 or bfloat16"):
-        save_concept(big, tmp_path / "big.safetensors")
-    save_concept(big, tmp_path / "big.safetensors", dtype=torch.float32)  # fits in float32
+    for dtype in (torch.float16, torch.float32):
+        with pytest.raises(ConceptError, match=r"tensor 'v_target\.x\.attn2' has values up to 1e\+06 \(at most 1000"):
+            save_concept(big, tmp_path / "big.safetensors", dtype=dtype)
+    assert list(tmp_path.iterdir()) == []
     with pytest.raises(ConceptError, match=r"^c\.safetensors: cannot save in torch\.float64"):
         save_concept(concept, tmp_path / "c.safetensors", dtype=torch.float64)
 
@@ -282,14 +284,15 @@ BAD_FILES: list[tuple[str, Callable[[Path], Path], str]] = [
     ("directory", lambda p: (p.mkdir(), p)[1], "not a file"),
     ("too-large", _sparse_huge, "a concept file is at most 64 MiB"),
     ("empty", raw(b""), "not a safetensors file: only 0 bytes"),
-    ("text", raw(b"this is a text file, not tensors at all"), "header length"),
+    ("text", raw(b"this is a text file, not tensors at all"), "the header length field exceeds the 256 KiB limit"),
     ("pickle", raw(pickle.dumps({"emb": [1.0, 2.0]}, protocol=4)), "pickled PyTorch file"),
     ("pickle-proto2", raw(pickle.dumps([0.5], protocol=2)), "refusing to open it (pickles can run arbitrary code)"),
     ("torch-zip", _torch_zip, "pickled PyTorch file"),
     ("gigantic-header", raw(struct.pack("<Q", 2**40) + b"{}"), "exceeds the 256 KiB limit"),
-    ("truncated-header", lambda p: raw(good_bytes()[:40])(p), "truncated: the header claims"),
+    ("truncated-header", lambda p: raw(good_bytes()[:40])(p), "truncated: the header length field claims more bytes than the file's 40"),
     ("truncated-data", lambda p: raw(good_bytes()[:-50])(p), "truncated: tensor data should be"),
-    ("header-not-json", raw(struct.pack("<Q", 6) + b"\xff{x!]]"), "header is not valid JSON"),
+    ("header-not-utf8", raw(struct.pack("<Q", 6) + b"\xff{x!]]"), "header is not UTF-8 text"),
+    ("header-not-json", raw(struct.pack("<Q", 6) + b"{x!]]]"), "header is not valid JSON"),
     ("header-not-object", raw(_header_only([1, 2])), "expected a JSON object"),  # type: ignore[arg-type]
     ("no-metadata", raw(st_save({"lora_up.weight": torch.zeros(4, 4)})), "no 'perfusion' metadata"),
     ("other-metadata", raw(st_save({"x": torch.zeros(2)}, metadata={"ss_network": "lora"})),
@@ -440,7 +443,7 @@ def test_many_missing_layers_are_summarised() -> None:
 
 # ----------------------------------------------------------------------------- size budget
 
-def test_layouts_match_the_method_notes() -> None:
+def test_layouts_match_the_method_doc() -> None:
     assert (len(SD15_LAYERS), sum(SD15_LAYERS.values())) == (16, 12_480)
     assert (len(SDXL_LAYERS), sum(SDXL_LAYERS.values())) == (70, 83_200)
 

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from perfusion_core.concept import TextEncoderId
 from perfusion_core.covariance import (
     PADDING_RULE,
-    RIDGE_STEPS,
+    MAX_CONDITION,
     SecondMoment,
     StatisticsError,
     Whitener,
@@ -218,8 +218,8 @@ def test_semidefinite_uses_a_tiny_ridge() -> None:
     C = a @ a.T  # rank D/2: only semi-definite
     w = Whitener(C)
     assert w.ridge > 0.0
-    mean_eig = float(torch.trace(C)) / D
-    assert w.ridge <= RIDGE_STEPS[-1] * mean_eig * (1 + 1e-12)
+    top = float(torch.linalg.eigvalsh(C)[-1])
+    assert w.ridge <= top / (MAX_CONDITION - 1) * (1 + 1e-9)  # the smallest ridge that reaches the bound
     i = a @ torch.randn(D // 2, generator=gen, dtype=torch.float64)  # in the range of C
     x = w.solve(i)
     assert bool(torch.isfinite(x).all())
@@ -357,3 +357,31 @@ def test_load_errors_name_the_file(tmp_path: Path, case: str) -> None:
     with pytest.raises(StatisticsError) as info:
         load_statistics(path)
     assert path.name in str(info.value)
+
+
+def _condition(L: torch.Tensor) -> float:
+    eigs = torch.linalg.eigvalsh(L @ L.T)
+    return float(eigs[-1] / eigs[0])
+
+
+def test_singular_c_of_an_encoder_without_layernorm_bias_gets_a_ridge() -> None:
+    """Encodings that all sum to zero (a final LayerNorm without bias) leave C singular along the
+    ones vector: cond ~1e16, which Cholesky's pivots let through. The guard reads the eigenvalues
+    and adds the ridge that brings the condition number to MAX_CONDITION, no more."""
+    gen = torch.Generator().manual_seed(9)
+    e = torch.randn(4 * D, D, generator=gen, dtype=torch.float64)
+    e = e - e.mean(dim=1, keepdim=True)  # every encoding sums to zero
+    C = e.T @ e / e.shape[0]
+    assert float(torch.linalg.eigvalsh(C)[0]) < 1e-12 * float(torch.linalg.eigvalsh(C)[-1])
+    w = Whitener(C)
+    assert w.ridge > 0.0
+    assert _condition(w.L) == pytest.approx(MAX_CONDITION, rel=1e-3)
+    ones = torch.ones(D, dtype=torch.float64) / D ** 0.5
+    u = w.solve(e[0])
+    assert abs(float(u @ ones)) < 1e-6 * float(u.norm())  # no noise along the missing direction
+
+
+@pytest.mark.parametrize("cond", [1e4, 1e7])
+def test_well_conditioned_c_gets_no_ridge(cond: float) -> None:
+    C, _, _ = spd(D, cond, torch.Generator().manual_seed(10))
+    assert Whitener(C).ridge == 0.0

@@ -186,6 +186,29 @@ def no_perfusion_metadata(good: GoodFile) -> bytes:
     return st_save({"lora_unet_down.lora_up.weight": torch.zeros(4, 4)}, metadata={"ss_network_module": "lora"})
 
 
+def deep_header(good: GoodFile) -> bytes:
+    body = b"[" * 60_000 + b"]" * 60_000  # inside the header limit, far past Python's recursion limit
+    return struct.pack("<Q", len(body)) + body
+
+
+def chained_twice(trigger_word: str) -> g.Prompt:
+    """The good concept through two ConceptGates into two chained Apply nodes."""
+    prompt = g.render(gate=g.gate_inputs())
+    prompt["gate2"] = g.node("ConceptGate", concept=["load", 0], **g.gate_inputs(beta=0.4))
+    prompt["apply2"] = g.node("ApplyKeyLockedEdit", model=["apply", 0], clip=["apply", 1], concept=["gate2", 0],
+                              trigger_word=trigger_word)
+    for key in ("pos", "neg"):
+        prompt[key]["inputs"]["clip"] = ["apply2", 1]
+    prompt["sample"]["inputs"]["model"] = ["apply2", 0]
+    return prompt
+
+
+def prompt_text(text: str) -> g.Prompt:
+    prompt = g.render()
+    prompt["pos"]["inputs"]["text"] = text
+    return prompt
+
+
 # ----------------------------------------------------------------------------- the table
 
 def _file(name: str, writer: Writer, message: str, node: str = "LoadPerfusionConcept", named: bool = True,
@@ -209,9 +232,9 @@ CASES: list[Case] = [
     # -- concept files: container -------------------------------------------------------------
     _file("empty", raw(lambda good: b""), r"not a safetensors file: only 0 bytes"),
     _file("truncated_data", raw(lambda good: good.data[:-100]), r"truncated: tensor data should be \d+ bytes"),
-    _file("truncated_header", raw(lambda good: good.data[:30]), r"truncated: the header claims"),
+    _file("truncated_header", raw(lambda good: good.data[:30]), r"truncated: the header length field claims more bytes"),
     _file("text_file", raw(lambda good: b"just some text, not tensors\n" * 4),
-          r"not a safetensors file or corrupt header: header length \d+ bytes exceeds"),
+          r"not a safetensors file or corrupt header: the header length field exceeds the 256 KiB limit"),
     _file("png_renamed", raw(lambda good: (IMAGES_DIR / g.TRAIN_IMAGE).read_bytes()),
           r"not a safetensors file or corrupt header"),
     _file("pickle_renamed", bait_pickle("pickle_renamed", 4),
@@ -221,9 +244,9 @@ CASES: list[Case] = [
     _file("torch_zip_renamed", bait_torch_zip("torch_zip_renamed"), r"is a pickled PyTorch file"),
     _file("lora_not_concept", raw(no_perfusion_metadata), r"no 'perfusion' metadata: .*not a Perfusion concept"),
     _file("gigantic_header_claim", raw(lambda good: struct.pack("<Q", 2**40) + b"{}"),
-          r"not a safetensors file or corrupt header: header length 1099511627776 bytes exceeds the 256 KiB limit"),
+          r"not a safetensors file or corrupt header: the header length field exceeds the 256 KiB limit$"),
     _file("gigantic_header_real", mutate(setter("training", "log", "x" * 300_000)),
-          r"not a safetensors file or corrupt header: header length 3\d{5} bytes exceeds the 256 KiB limit"),
+          r"not a safetensors file or corrupt header: the header length field exceeds the 256 KiB limit"),
     _file("gigantic_metadata", mutate(setter("training", "log", "x" * 80_000)),
           r"'perfusion' metadata is \d+ bytes; the limit is 64 KiB"),
     _file("too_large", sparse(65 * 2**20), r"file is 65\.0 MiB; a concept file is at most 64 MiB"),
@@ -325,7 +348,7 @@ CASES: list[Case] = [
     _graph("train_output_empty", lambda: g.train(output_name=""), TRAIN,
            r"TrainPerfusion: output_name must be a plain file name without folders, got ''"),
     _graph("train_output_too_long", lambda: g.train(output_name="n" * 300), TRAIN,
-           r"TrainPerfusion: output_name is 300 characters long \(at most \d+\)"),
+           r"TrainPerfusion: the file name in output_name is 300 characters long \(at most \d+\)"),
     _graph("train_preview_prompt_without_slot", lambda: g.train(preview_prompt="a teddy on the beach"), TRAIN,
            r"TrainPerfusion: preview_prompt must contain '\{\}' exactly once"),
     _graph("train_mask_size", lambda: g.train(mask=g.node("SolidMask", value=1.0, width=32, height=32),
@@ -350,4 +373,46 @@ CASES: list[Case] = [
          r"TrainPerfusion: resume_from .*corpus_concept_not_state\.safetensors: not a Perfusion training checkpoint",
          graph=lambda: g.train(resume_from=RESUME_NOT_STATE),
          writer=raw(lambda good: good.data), file=RESUME_NOT_STATE),
+    # -- round two (issue 18): names, duplicates, case folding, hostile files, bounds, syntax --------
+    _graph("train_output_nul", lambda: g.train(output_name="run\x00x"), TRAIN,
+           r"TrainPerfusion: output_name 'run\\x00x' contains control character U\+0000"),
+    _graph("train_output_newline", lambda: g.train(output_name="run\nsecond"), TRAIN,
+           r"TrainPerfusion: output_name 'run\\nsecond' contains control character U\+000A"),
+    _graph("train_output_backslash", lambda: g.train(output_name="training\\run"), TRAIN,
+           r"TrainPerfusion: output_name .* contains a backslash"),
+    _graph("save_nul", lambda: g.save_concept("kept\x00name"), "SavePerfusionConcept",
+           r"SavePerfusionConcept: filename_prefix 'kept\\x00name' contains control character U\+0000"),
+    _graph("save_backslash_into_reserved", lambda: g.save_concept("statistics\\fake"), "SavePerfusionConcept",
+           r"SavePerfusionConcept: filename_prefix .* contains a backslash; use '/' for sub-folders"),
+    _graph("apply_same_concept_twice", lambda: chained_twice("kitty"), APPLY,
+           r"ApplyKeyLockedEdit: concept 'kitty' and concept 'cat' applied upstream have nearly the same input "
+           r"direction i\* \(cosine 1\.0+"),
+    _graph("apply_two_concepts_one_trigger", lambda: chained_twice("CAT"), APPLY,
+           r"ApplyKeyLockedEdit: concept 'CAT' has the same trigger as concept 'cat' applied upstream"),
+    _graph("apply_trigger_stop_word", lambda: g.render(trigger_word="The"), APPLY,
+           r"ApplyKeyLockedEdit: trigger_word 'The' is a common word"),
+    _graph("prompt_embedding_syntax_on_trigger", lambda: prompt_text("a photo of embedding:cat"), "CLIPTextEncode",
+           r"the prompt writes 'embedding:cat', but 'cat' is a Perfusion trigger"),
+    _graph("word_edit_multi_token_trigger", lambda: g.word_edit(trigger_word="housecat"), "PerfusionWordEdit",
+           r"PerfusionWordEdit: trigger_word 'housecat' is 2 tokens for this CLIP"),
+    _graph("word_edit_stop_word_trigger", lambda: g.word_edit(trigger_word="an"), "PerfusionWordEdit",
+           r"PerfusionWordEdit: trigger_word 'an' is a common word"),
+    _graph("word_edit_template_weighted", lambda: g.word_edit(template="a photo of a ({}:1.3)"), "PerfusionWordEdit",
+           r"PerfusionWordEdit: template .* contains the prompt-syntax character '\('"),
+    _graph("word_edit_template_embedding", lambda: g.word_edit(template="a photo of embedding:{}"),
+           "PerfusionWordEdit", r"PerfusionWordEdit: template .* contains 'embedding:'"),
+    _graph("word_edit_template_past_77", lambda: g.word_edit(template="very " * 90 + "{}"), "PerfusionWordEdit",
+           r"PerfusionWordEdit: the text before the word 'cat' .* is longer than one 77-token chunk"),
+    _file("header_nested_deep", raw(deep_header), r"not a safetensors file or corrupt header: header JSON is nested too deeply"),
+    _file("passwd_like_text", raw(lambda good: b"root:x:0:0:root:/root:/bin/bash\n"),
+          r"not a safetensors file or corrupt header: the header length field exceeds the 256 KiB limit$"),
+    _file("gate_default_strength_huge", mutate(setter("defaults", "strength", 1e6)),
+          r"default gate strength is 1e\+06; must be in \[0, 2\]"),
+    _file("gate_default_strength_negative", mutate(setter("defaults", "strength", -1.0)),
+          r"default gate strength is -1; must be in \[0, 2\]"),
+    _file("value_at_fp16_max", mutate(poke("v_target.", 65000.0)),
+          r"tensor 'v_target\.[\w.]+' has values up to 6\.5e\+04 \(at most 1000"),
+    _file("u_subnormal", mutate(lambda t, m: t.__setitem__("u", t["u"] * 1e-39)), r"tensor 'u' has norm"),
+    _file("i_star_near_float32_max", mutate(lambda t, m: t.__setitem__("i_star", t["i_star"] * 1e36)),
+          r"tensor 'i_star' has values up to"),
 ]

@@ -204,3 +204,56 @@ def test_trigger_gets_the_learned_embedding_in_every_text_encoder(pack, request,
     torch.testing.assert_close(learned, dog, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(plain_sks, dog)
     torch.testing.assert_close(encode(clip, "a photo of a sks")[0][0][0], plain_sks, rtol=0, atol=0)
+
+
+def hook_and_weight(pack, patched, layer: str, kind: str):
+    hook = patched.get_model_object(f"diffusion_model.{layer}.to_{kind}.forward")
+    assert isinstance(hook, pack.nodes.model_patch.ProjectionHook)
+    return hook, patched.model.diffusion_model.get_submodule(f"{layer}.to_{kind}").weight
+
+
+def test_hook_agrees_with_float64_reference_to_1e6(pack, tiny_sd1, word_edit):
+    """The hook path (float32, the layer's own forward) against the edit in float64 on the real
+    encodings of a prompt with the trigger: they agree to ~1e-6 of the output's scale. On an encoder
+    whose C is singular (a final LayerNorm without bias) u is noise and they agreed only to ~5e-4."""
+    import comfy.model_management as mm
+
+    model, clip = tiny_sd1
+    concept = word_edit.with_gate(beta=0.5, tau=0.2)
+    patched, pclip = apply(pack, model, clip, concept)
+    mm.load_models_gpu([patched])
+    e = pclip.encode_from_tokens(pclip.tokenize("a photo of a cat on a sofa")).float()
+    e64 = e.double()[0]
+    u, i_star = concept.u.double(), concept.i_star.double()
+    energy = float(u @ i_star)
+    r = e64 @ u / energy
+    gate = torch.sigmoid((r - concept.gate.beta) / concept.gate.tau)
+    assert float(gate.max()) > 0.5, "the trigger must open the gate for this test to mean anything"
+    worst = 0.0
+    for layer in pack.nodes.host_model.cross_attention_layers(model):
+        for kind in "kv":
+            hook, weight = hook_and_weight(pack, patched, layer, kind)
+            w = weight.double()
+            target = w @ concept.i_super.double() if kind == "k" else concept.v_targets[layer][0].double()
+            expected = e64 @ w.T - r[:, None] * (w @ i_star)[None, :] + gate[:, None] * target[None, :]
+            got = hook(e)[0].double()
+            worst = max(worst, float((got - expected).abs().max() / expected.abs().max()))
+    mm.load_models_gpu([model])
+    assert worst < 2e-6, worst
+
+
+def test_tiny_encoder_statistics_are_not_singular(pack, tiny_sd1):
+    """The tiny test encoders' final LayerNorm has a bias, so encodings do not all sum to zero and
+    C needs no ridge beyond a sliver: its null direction is gone."""
+    from host_helpers import STATS_CAPTIONS
+
+    from perfusion_core.captions import generate_captions
+    from perfusion_core.covariance import Whitener
+
+    _, clip = tiny_sd1
+    C, _ = pack.nodes.statistics.clip_statistics(clip, generate_captions(STATS_CAPTIONS))
+    sums = clip.encode_from_tokens(clip.tokenize("a photo of a cat")).float().sum(-1)
+    assert float(sums.abs().min()) > 1e-2, "encodings sum to zero: the final LayerNorm has no bias"
+    eigs = torch.linalg.eigvalsh(C.double())
+    assert float(eigs[0]) > 0
+    assert Whitener(C).ridge < 1e-4 * float(eigs.mean())
