@@ -140,15 +140,12 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         started = time.perf_counter()
         with MemorySampler() as memory:
             if args.variant == "lora":
-                from comfy_extras.nodes_train import TrainLoraNode
+                from tools.lora_baseline import train_lora_node
 
-                # One latent dict per image: with a single dict, 0.3.75's node trips over an unset variable.
-                TrainLoraNode.execute(
-                    model=[model], latents=[{"samples": x[None]} for x in latents], positive=[positive], batch_size=[args.batch],
-                    grad_accumulation_steps=[1], steps=[args.steps], learning_rate=[1e-4], rank=[args.rank],
-                    optimizer=["AdamW"], loss_function=["MSE"], seed=[0], training_dtype=["fp32"],
-                    lora_dtype=["fp32"], algorithm=["LoRA"], gradient_checkpointing=[True],
-                    existing_lora=["[None]"])
+                train_lora_node(model, [x[None] for x in latents], positive, batch_size=args.batch,
+                                grad_accumulation_steps=1, steps=args.steps, learning_rate=1e-4, rank=args.rank,
+                                optimizer="AdamW", loss_function="MSE", seed=0, training_dtype="fp32",
+                                lora_dtype="fp32", algorithm="LoRA", gradient_checkpointing=True)
             else:
                 pack.nodes.nodes_train.TrainPerfusion().train(
                     model, clip, vae, images=images, trigger_word="zorb", superclass="teddy", steps=args.steps,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from . import folders, nodes_apply, nodes_concept, nodes_grid, nodes_train, nodes_word_edit
+from . import folders, host_compat, nodes_apply, nodes_concept, nodes_grid, nodes_train, nodes_word_edit
 
 folders.register()
+host_compat.log_host_version()
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}

@@ -55,6 +55,23 @@ def text_encoder_id(clip: Any) -> TextEncoderId:
     return TextEncoderId(name=ENCODER_NAMES[family_of_clip(clip)], layer=clip.layer_idx)
 
 
+def plain_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A float32 copy of a layer's stored weight, also when the host keeps it quantized.
+
+    Quantized checkpoints load as tensor subclasses with their own ``dequantize`` (ComfyUI's
+    ``QuantizedTensor``: fp8 values and a scale), on which ``.float()`` is ignored and other ops
+    dequantize implicitly. They dequantize to their ``orig_dtype``, which ComfyUI 0.3.7x leaves
+    unset (None: dequantizing fails) until the layer's first forward sets it on the weight itself;
+    ``detach`` gives a copy with its own parameter dict, so the model's weight is never changed."""
+    weight = weight.detach()
+    if type(weight).dequantize is not torch.Tensor.dequantize:  # a host's quantized tensor subclass
+        params = getattr(weight, "_layout_params", None)  # 0.3.7x's QuantizedTensor (0.33+: set at load)
+        if isinstance(params, dict) and params.get("orig_dtype") is None:
+            params["orig_dtype"] = torch.float32
+        weight = weight.dequantize()
+    return weight.float().cpu()
+
+
 def value_weight(model: Any, layer: str) -> torch.Tensor:
-    """W_V of one layer as float32 (what is stored, before LoRA-style patches)."""
-    return model.get_model_object(f"diffusion_model.{layer}.to_v").weight.detach().float().cpu()
+    """W_V of one layer as float32 (what is stored, before LoRA-style patches; dequantized)."""
+    return plain_weight(model.get_model_object(f"diffusion_model.{layer}.to_v").weight)

@@ -23,8 +23,10 @@ The attn2_replace slot is never used, so attention-replacing packs compose.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -32,7 +34,8 @@ import torch
 from einops import einsum
 
 from perfusion_core.concept import Concept
-from perfusion_core.edit import context_locked_keys, gate_values, gated_edit, joint_directions
+from perfusion_core.edit import JointDirections, context_locked_keys, gate_values, gated_edit, joint_directions
+from perfusion_core.fused_edit import FusedEdit, fuse, fused_edit
 from perfusion_core.schedule import interval_index, window_active
 
 PATCH_KEY = "perfusion"
@@ -44,18 +47,47 @@ _superclass_for = threading.local()
 
 @dataclass
 class StepState:
-    """What one model call tells the hooks: per-sample scale (B, N) and set index (B, N)."""
+    """What one model call tells the hooks, built once per call on the model's device.
+
+    scale (B, N) strength x window per sample and concept, set_index (B, N) the value-target set;
+    ``active``: whether any scale is non-zero, a Python bool worked out when the state is built,
+    so that no hook needs a device sync to skip an inactive step."""
 
     scale: torch.Tensor
     set_index: torch.Tensor
+    active: bool
+    concepts_active: tuple[bool, ...]  # per concept: acts on some sample of this call
+    unit: bool  # every scale is exactly 1 (the usual case: the edit needs no per-sample scaling)
+
+
+class _ThisCall(threading.local):
+    """Per thread: the step state and the diffusion model of the model call running in it.
+
+    Per thread because hosts run model calls in several threads at once (ComfyUI's multi-GPU
+    clones share one runtime through deep-copied model options; servers embedding ComfyUI
+    sample prompts side by side)."""
+
+    step: StepState | None = None
+    model: torch.nn.Module | None = None
 
 
 class PerfusionRuntime:
     """The joint edit of N concepts on one model, shared by all its layer hooks."""
 
     def __init__(self, concepts: list[Concept]) -> None:
-        self.step: StepState | None = None
+        self._call = _ThisCall()
+        # The step that training holds for the whole forward and backward of one micro-batch: with
+        # gradient checkpointing, autograd may recompute the forward in its own device threads.
+        self.held_step: StepState | None = None
+        # {running diffusion model: {module path: its own forward}} for models the host rebuilt.
+        self._forwards: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.load(concepts)
+
+    @property
+    def step(self) -> StepState | None:
+        """The step state of the model call running in this thread, else the one training holds."""
+        step = self._call.step
+        return step if step is not None else self.held_step
 
     def load(self, concepts: list[Concept]) -> None:
         """(Re)build from ``concepts``. Training calls this every step with live
@@ -65,19 +97,22 @@ class PerfusionRuntime:
         active = self.concepts
         self.n = len(active)
         # Read by every projection call: worked out here, once per (re)build.
-        locks = [c.gate.lock for c in active]
+        locks = self.locks = [c.gate.lock for c in active]
         self.uses_global_lock = "global" in locks
         self.uses_context_lock = "context" in locks
         self.all_context_locked = bool(locks) and set(locks) == {"context"}
+        self._cache: dict[tuple, Any] = {}
         if self.n:
-            self.directions = joint_directions(torch.stack([c.i_star for c in active]), torch.stack([c.u for c in active]))
             self.i_star = torch.stack([c.i_star for c in active])
+            self.u = torch.stack([c.u for c in active])
             self.i_super = torch.stack([c.i_super for c in active])
             self.beta = torch.tensor([c.gate.beta for c in active])
             self.tau = torch.tensor([c.gate.tau for c in active])
             self.strength = torch.tensor([c.gate.strength for c in active])
             self.context_lock = torch.tensor([c.gate.lock == "context" for c in active])
-        self._cache: dict[tuple, Any] = {}
+            self.sets = max(c.timestep_sets for c in active)
+            self.unit_strength = all(c.gate.strength == 1.0 for c in active)
+            self.joint_edit((True,) * self.n, torch.device("cpu"))  # a bad set of concepts fails here, not mid-sampling
 
     def __deepcopy__(self, memo: dict) -> "PerfusionRuntime":
         # ComfyUI deep-copies model/transformer options (which hold our wrapper)
@@ -86,64 +121,121 @@ class PerfusionRuntime:
         return self
 
     # -- per-device copies (concept tensors live on CPU in float32) ----------
-    def on(self, device: torch.device) -> dict[str, Any]:
-        key = ("consts", device)
+    def on(self, device: torch.device, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+        """The concepts' constants on ``device``; the anchor rows (i*, and i* plus i_super for
+        to_k) also in ``dtype``, the projection's input dtype, so no call casts them."""
+        key = ("consts", device, dtype)
         if key not in self._cache:
+            i_star = self.i_star.to(device)
             self._cache[key] = {
-                "directions": self.directions.to(device=device),
-                "i_star": self.i_star.to(device), "i_super": self.i_super.to(device),
+                "i_star": i_star, "i_super": self.i_super.to(device),
                 "beta": self.beta.to(device), "tau": self.tau.to(device), "strength": self.strength.to(device),
                 "context_lock": self.context_lock.to(device),
+                "anchors_v": i_star.to(dtype), "anchors_k": torch.cat([i_star, self.i_super.to(device)]).to(dtype),
             }
         return self._cache[key]
 
+    def joint_edit(self, concepts_active: tuple[bool, ...], device: torch.device) -> tuple[JointDirections, FusedEdit]:
+        """The joint edit of the concepts acting in this call (docs/method.md §4), on ``device``.
+
+        A concept outside its window must not shape the others: the projection is that of the
+        active concepts' span alone. The result keeps all N slots (an inactive concept's are
+        zero, and its scale is zero too), so the hooks index concepts the same way every call."""
+        key = ("edit", concepts_active, device)
+        if key not in self._cache:
+            idx = [i for i, a in enumerate(concepts_active) if a]
+            sub = joint_directions(self.i_star[idx], self.u[idx])
+            U = torch.zeros(self.u.shape[1], self.n)
+            gram_inv, energy = torch.zeros(self.n, self.n), torch.ones(self.n)
+            U[:, idx] = sub.U
+            gram_inv[torch.tensor(idx).unsqueeze(1), torch.tensor(idx)] = sub.gram_inv
+            energy[idx] = sub.energy
+            directions = JointDirections(U=U, gram_inv=gram_inv, energy=energy)
+            fused = fuse(directions, self.beta, self.tau)
+            self._cache[key] = (directions.to(device), FusedEdit(fused.M.to(device), fused.b.to(device), fused.n))
+        return self._cache[key]
+
     def value_targets(self, layer: str, device: torch.device) -> torch.Tensor:
-        """(N, S_max, d_out) value targets of one layer; shorter S are padded by repeating the last set."""
+        """Value targets of one layer: (N, d_out) when every concept has one set (the usual case),
+        else (N, S_max, d_out) with shorter S padded by repeating the last set."""
         key = ("v", layer, device)
         if key not in self._cache:
-            s_max = max(c.timestep_sets for c in self.concepts)
             rows = []
             for c in self.concepts:
                 t = c.v_targets[layer]
-                rows.append(torch.cat([t, t[-1:].expand(s_max - t.shape[0], -1)]) if t.shape[0] < s_max else t)
-            self._cache[key] = torch.stack(rows).to(device)
+                rows.append(torch.cat([t, t[-1:].expand(self.sets - t.shape[0], -1)]) if t.shape[0] < self.sets else t)
+            targets = torch.stack(rows).to(device)
+            self._cache[key] = targets[:, 0] if self.sets == 1 else targets
         return self._cache[key]
 
     # -- per model call --------------------------------------------------------
-    def step_state(self, sigmas: torch.Tensor, model_sampling: Any) -> StepState:
-        """Per-sample scale (strength x window) and timestep-interval index for each concept."""
+    def step_state(self, sigmas: torch.Tensor, model_sampling: Any, device: torch.device | None = None) -> StepState:
+        """Per-sample scale (strength x window) and timestep-interval index for each concept.
+
+        Worked out on the CPU from a copy of the B sigmas (one small read per model call), for all
+        concepts at once, then moved to ``device`` once, so that the hooks of that call copy nothing."""
         sigmas = sigmas.detach().float().cpu()
-        timesteps = model_sampling.timestep(sigmas).float()
-        scale, index = [], []
-        for c in self.concepts:
-            start = model_sampling.percent_to_sigma(c.gate.start_percent)
-            end = model_sampling.percent_to_sigma(c.gate.end_percent)
-            scale.append(window_active(sigmas, start, end).float() * c.gate.strength)
-            index.append(interval_index(timesteps, c.timestep_sets))
-        return StepState(scale=torch.stack(scale, dim=1), set_index=torch.stack(index, dim=1))
+        start, end = self._window_sigmas(model_sampling)
+        scale = window_active(sigmas.unsqueeze(1), start, end).float() * self.strength  # (B, N)
+        if self.sets == 1:
+            index = torch.zeros(scale.shape, dtype=torch.long)
+        else:
+            timesteps = model_sampling.timestep(sigmas).float()
+            index = torch.stack([interval_index(timesteps, c.timestep_sets) for c in self.concepts], dim=1)
+        acting = tuple((scale != 0).any(dim=0).tolist())
+        return StepState(scale=scale.to(device), set_index=index.to(device), active=any(acting),
+                         concepts_active=acting, unit=bool((scale == 1).all()))
+
+    def _window_sigmas(self, model_sampling: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,) sigmas at each concept's start and end percent: fixed per model, so worked out once."""
+        windows = self._cache.setdefault(("windows",), weakref.WeakKeyDictionary())
+        if model_sampling not in windows:
+            windows[model_sampling] = tuple(
+                torch.tensor([float(model_sampling.percent_to_sigma(getattr(c.gate, f"{edge}_percent")))
+                              for c in self.concepts]) for edge in ("start", "end"))
+        return windows[model_sampling]
 
     def apply_model_wrapper(self, executor: Callable, x, t, c_concat=None, c_crossattn=None, control=None,
                             transformer_options={}, **kwargs):  # noqa: B006 (ComfyUI's own signature)
         k_context = kwargs.pop(K_CONTEXT_COND, None)
         if k_context is not None:
             transformer_options[K_CONTEXT_COND] = k_context
-        previous = self.step  # None at inference; training holds its step across backward recomputation
-        self.step = self.step_state(t, executor.class_obj.model_sampling) if self.n else None
+        base_model, call = executor.class_obj, self._call
+        previous = call.step, call.model  # a nested model call (e.g. a sampler inside a sampler) restores it
+        call.step = self.step_state(t, base_model.model_sampling, x.device) if self.n else None
+        call.model = base_model.diffusion_model
         try:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         finally:
-            self.step = previous
+            call.step, call.model = previous
 
-    def scale_for(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, N) scale and set index for a projection call of batch size ``batch``."""
+    def forward_of(self, path: str, installed_on: torch.nn.Module) -> Callable | None:
+        """The class forward of module ``path`` in the diffusion model running in this thread, if
+        that model is not the one the hooks were installed on (the host rebuilt or deep-copied it:
+        multi-GPU clones, ``clone(force_deepcopy=True)``); None otherwise."""
+        running = self._call.model
+        if running is None:
+            return None
+        forwards = self._forwards.get(running)
+        if forwards is None:
+            forwards = self._forwards[running] = {}
+        if path not in forwards:
+            module = running.get_submodule(path)
+            forwards[path] = None if module is installed_on else functools.partial(type(module).forward, module)
+        return forwards[path]
+
+    def scale_for(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, StepState | None]:
+        """(B, N) scale and set index for a projection call of batch size ``batch``, and the step."""
         step = self.step
         if step is None:  # called outside sampling (no sigma known): whole strength, first set
             return (self.on(device)["strength"].expand(batch, -1),
-                    torch.zeros(batch, self.n, dtype=torch.long, device=device))
+                    torch.zeros(batch, self.n, dtype=torch.long, device=device), None)
         scale, index = step.scale, step.set_index
         if scale.shape[0] != batch:  # a pack re-batched the context; sigma is shared at inference
             scale, index = scale[:1].expand(batch, -1), index[:1].expand(batch, -1)
-        return scale.to(device), index.to(device)
+        if scale.device != device:  # a layer on another device than the model's input (rare)
+            scale, index = scale.to(device), index.to(device)
+        return scale, index, step
 
 
 class ProjectionHook:
@@ -151,50 +243,70 @@ class ProjectionHook:
 
     def __init__(self, runtime: PerfusionRuntime, layer: str, kind: str, base_forward: Callable) -> None:
         self.runtime, self.layer, self.kind, self.base_forward = runtime, layer, kind, base_forward
+        self.path = f"{layer}.to_{kind}"
+        # The module whose own forward ``base_forward`` is (None when it is another pack's patch,
+        # which we cannot re-aim at a rebuilt model and call as it is).
+        owner = getattr(base_forward, "__self__", None)
+        own = isinstance(owner, torch.nn.Module) and getattr(base_forward, "__func__", None) is type(owner).forward
+        self.installed_on = owner if own else None
 
     def __call__(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         rt = self.runtime
+        base_forward = self.base_forward
+        if self.installed_on is not None:  # follow the module that actually runs, if the host rebuilt it
+            base_forward = rt.forward_of(self.path, self.installed_on) or base_forward
         if rt.n == 0 or x.ndim != 3:
-            return self.base_forward(x, *args, **kwargs)
-        if rt.step is not None and not bool(rt.step.scale.any()):  # (CPU tensor: no device sync)
-            return self.base_forward(x, *args, **kwargs)  # every concept outside its window: exactly the base
+            return base_forward(x, *args, **kwargs)
+        step = rt.step
+        if step is not None and not step.active:
+            return base_forward(x, *args, **kwargs)  # every concept outside its window: exactly the base
         batch, tokens, _ = x.shape
-        scale, index = rt.scale_for(batch, x.device)
-        consts = rt.on(x.device)
+        scale, index, step = rt.scale_for(batch, x.device)
+        consts = rt.on(x.device, x.dtype)
+        directions, fused = rt.joint_edit(step.concepts_active if step else (True,) * rt.n, x.device)
+        # W e, and W i* (and W_K i_super for to_k) from separate calls of the layer's own forward:
+        # the prompt's tokens go through the layer exactly as without the pack (a quantizing
+        # layer quantizes them on their own), and nothing is concatenated per call.
+        base = base_forward(x, *args, **kwargs)
+        w_anchor = base_forward(consts["anchors_k" if self.kind == "k" else "anchors_v"], *args, **kwargs)
+        w_istar = w_anchor[: rt.n]
+        if self.kind == "k":
+            targets = w_anchor[rt.n:]  # key lock: W_K i_super, (N, d_out)
+        else:
+            targets = rt.value_targets(self.layer, x.device)  # (N, d_out), or (N, S, d_out)
+            if targets.ndim == 3:
+                targets = targets[torch.arange(rt.n, device=x.device).unsqueeze(0), index]  # (B, N, d_out)
         # Context lock without the superclass prompt (a cond from another CLIP, a call outside
         # sampling): those concepts fall back to the local lock's W_K i_super.
         superclass = _superclass_context(x) if self.kind == "k" and rt.uses_context_lock else None
-        rows = [t.reshape(batch * tokens, -1) for t in (x, superclass) if t is not None]
-        anchors = consts["i_star"] if self.kind == "v" else torch.cat([consts["i_star"], consts["i_super"]])
-        # One call of the layer's own forward for tokens and anchors: weights are cast once.
-        y = self.base_forward(torch.cat(rows + [anchors.to(x.dtype)]), *args, **kwargs)
-        base, w_anchor = y[: batch * tokens].reshape(batch, tokens, -1), y[len(rows) * batch * tokens:]
-        w_istar = w_anchor[: rt.n]
-        if self.kind == "k":
-            targets = w_anchor[rt.n:].unsqueeze(0).expand(batch, -1, -1)  # key lock: W_K i_super
-        else:
-            v = rt.value_targets(self.layer, x.device)  # (N, S, d_out)
-            targets = v[torch.arange(rt.n, device=x.device).unsqueeze(0), index]  # (B, N, d_out)
         if superclass is None:
-            return gated_edit(base, x, consts["directions"], w_istar, targets, consts["beta"], consts["tau"], scale)
+            unit = step.unit if step else rt.unit_strength
+            return fused_edit(base, x, fused, w_istar, targets, None if unit else scale)
+        if targets.ndim == 2:
+            targets = targets.unsqueeze(0).expand(batch, -1, -1)
         in_context = consts["context_lock"].to(scale.dtype)  # (N,): these concepts make no rank-1 K edit
         own = base if rt.all_context_locked else gated_edit(
-            base, x, consts["directions"], w_istar, targets, consts["beta"], consts["tau"], scale * (1 - in_context))
-        r = einsum(x.float(), consts["directions"].U, "b t d, d n -> b t n") / consts["directions"].energy
+            base, x, directions, w_istar, targets, consts["beta"], consts["tau"], scale * (1 - in_context))
+        r = einsum(x.float(), directions.U, "b t d, d n -> b t n") / directions.energy
         openness = einsum(gate_values(r, consts["beta"], consts["tau"]), scale * in_context, "b t n, b n -> b t")
-        keys_of_superclass = y[batch * tokens: 2 * batch * tokens].reshape(batch, tokens, -1)
+        keys_of_superclass = base_forward(superclass, *args, **kwargs)
         return context_locked_keys(own, keys_of_superclass, openness)
 
 
 class GlobalKeyContext:
-    """attn2_patch: feed to_k the superclass prompt's encoding (global key-locking).
+    """attn2_patch: feed to_k the superclass prompt's encoding (global key-locking), while a
+    globally locked concept acts in this model call (outside its window the prompt is the
+    prompt, as without the pack). Holds its runtime, which deep copies share (see above)."""
 
-    Stateless, so ComfyUI's deep copy of model_options on clone is harmless.
-    """
+    def __init__(self, runtime: PerfusionRuntime) -> None:
+        self.runtime = runtime
 
     def __call__(self, n, context, value, extra_options):
         k_context = extra_options.get(K_CONTEXT_COND)
         if k_context is None or context is None or value is None:
+            return n, context, value
+        step = self.runtime.step
+        if step is not None and not any(a and lock == "global" for a, lock in zip(step.concepts_active, self.runtime.locks)):
             return n, context, value
         k_context = k_context.to(device=context.device, dtype=context.dtype)
         if k_context.shape != context.shape:  # e.g. a ConditioningConcat after encoding: fall back to local
@@ -252,10 +364,12 @@ def install(model: Any, layers: list[str], concepts: list[Concept]) -> Any:
     patched.remove_wrappers_with_key(ext.WrappersMP.APPLY_MODEL, PATCH_KEY)
     patched.add_wrapper_with_key(ext.WrappersMP.APPLY_MODEL, PATCH_KEY, runtime.apply_model_wrapper)
     attn2_patches = patched.model_options.get("transformer_options", {}).get("patches", {}).get("attn2_patch", [])
-    wanted = ((runtime.uses_global_lock, GlobalKeyContext), (runtime.uses_context_lock, SuperclassKeyContext))
-    for needed, kind in wanted:
-        if needed and not any(isinstance(p, kind) for p in attn2_patches):
-            patched.set_model_attn2_patch(kind())
+    # A chained Apply replaces the previous runtime: drop our patches bound to it (the clone's own list).
+    attn2_patches[:] = [p for p in attn2_patches if not isinstance(p, (GlobalKeyContext, SuperclassKeyContext))]
+    if runtime.uses_global_lock:
+        patched.set_model_attn2_patch(GlobalKeyContext(runtime))
+    if runtime.uses_context_lock:
+        patched.set_model_attn2_patch(SuperclassKeyContext())
     log.info("Perfusion: %d concept(s) [%s] on %d cross-attention layers (%d K/V projections hooked)",
              runtime.n, ", ".join(c.trigger for c in runtime.concepts), len(layers), len(base))
     return patched

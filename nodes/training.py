@@ -40,7 +40,7 @@ from perfusion_core.training import (ConceptHeader, ConceptTrainables, TrainingE
                                      noise_prediction, square_crop)
 from perfusion_core.training_state import read_training_state, restore, save_training_state
 
-from . import folders, host_model, model_patch, statistics
+from . import folders, host_compat, host_model, model_patch, statistics
 from .clip_patch import install as install_clip
 from .encoding import encode_word
 from .host_sampling import denoise, encode, encode_batch, run_in_guider
@@ -106,27 +106,49 @@ def prepare_data(model: Any, vae: Any, images: torch.Tensor, masks: torch.Tensor
 
 # ----------------------------------------------------------------------------- host helpers
 
+def _inner_tensors(t: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """The tensors a wrapper tensor subclass is made of (ComfyUI's ``QuantizedTensor``: fp8 data
+    and its scale), by torch's subclass protocol ``__tensor_flatten__``; None for a plain tensor."""
+    if type(t) in (torch.Tensor, torch.nn.Parameter) or not hasattr(t, "__tensor_flatten__"):
+        return None
+    names, _ = t.__tensor_flatten__()
+    return {name: getattr(t, name) for name in names}
+
+
 def _ordinary_view(t: torch.Tensor) -> torch.Tensor:
-    """An ordinary (non-inference) tensor on the same storage as ``t``: no copy, same values."""
+    """An ordinary (non-inference) tensor on the same storage as ``t``: no copy, same values.
+
+    A wrapper subclass (a quantized weight) owns no storage of its own: a view of it would be an
+    unallocated plain tensor (a crash, or fp8 values without their scale). It is rebuilt from
+    ordinary views of its inner tensors with its own ``__tensor_unflatten__``."""
+    inner = _inner_tensors(t)
+    if inner is not None:
+        _, ctx = t.__tensor_flatten__()
+        views = {name: _ordinary_view(value) for name, value in inner.items()}
+        return type(t).__tensor_unflatten__(views, ctx, t.size(), t.stride())
     view = torch.empty(0, dtype=t.dtype, device=t.device)
     return view.set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
 
 
 def _frozen(t: torch.Tensor) -> bool:
     """Whether autograd cannot use ``t``: an inference tensor, or a parameter made in inference mode
-    whose ``.data`` was swapped later (ComfyUI moving weights to a GPU), which has no version counter."""
+    whose ``.data`` was swapped later (ComfyUI moving weights to a GPU), which has no version counter.
+    For a wrapper subclass also any of its inner tensors: a host may rebuild the wrapper outside
+    inference mode around the inference-mode fp8 data it loaded."""
     if t.is_inference():
         return True
     try:
         _ = t._version  # raises for a tensor without a version counter
     except RuntimeError:
         return True
-    return False
+    inner = _inner_tensors(t)
+    return inner is not None and any(_frozen(value) for value in inner.values())
 
 
 def thaw(module: torch.nn.Module) -> int:
     """Replace inference-mode parameters/buffers by ordinary tensors on the same storage (so
-    autograd may save them for backward; no memory is copied); returns how many."""
+    autograd may save them for backward; no memory is copied); returns how many. Quantized
+    weights stay quantized (same subclass, same fp8 data and scale)."""
     count = 0
     with torch.inference_mode(False), torch.no_grad():
         for m in module.modules():
@@ -258,6 +280,8 @@ class PerfusionTrainer:
                  settings: TrainingSettings, statistics_captions: int, gradient_checkpointing: bool,
                  files: RunFiles, resume_path: str | None = None,
                  progress: Callable[..., None] | None = None, previews: Previews | None = None) -> None:
+        # The trained model is a clone of its own (an ordinary one where the host loads dynamically).
+        model = host_compat.clone_for_training(model)
         self.model, self.data, self.settings, self.files = model, data, settings, files
         self.trigger, self.superclass = trigger, superclass
         self.progress = progress
@@ -343,33 +367,18 @@ class PerfusionTrainer:
         thawed = thaw(base_model) + thaw(self.clip.cond_stage_model)
         if thawed:
             log.info("Perfusion training: %d inference-mode tensors made visible to autograd (no copy)", thawed)
-        device = self.patched.load_device
-        sampling = base_model.model_sampling
-        # Copies made here are ordinary tensors even if the inputs came from inference mode.
-        data = TrainingData(self.data.latents.to(device).clone(), self.data.flipped.to(device).clone(),
-                            None if self.data.weights is None else self.data.weights.to(device).clone(),
-                            self.data.digest)
+        data = self.data_on(self.patched.load_device)
         started = time.monotonic()
         for step in range(self.start_step, s.steps):
             encodings, step_loss = [], 0.0
             for micro in range(s.grad_accumulation):
                 mm.throw_exception_if_processing_interrupted()
-                draw = micro_batch(s, step, micro, int(data.latents.shape[0]))
-                self.runtime.load([self._concept(live=True)])
-                conditioning, encoded = self._conditioning(draw)
-                encodings.append(encoded)
-                x0, weight = data.batch(draw.images.to(device), draw.flips.to(device))
-                noise = gaussian_noise(tuple(x0.shape), draw.noise_seed).to(device)
-                sigma = sampling.sigma(draw.timesteps.float()).to(device)
-                x_t = sampling.noise_scaling(sigma, noise.clone(), x0)
-                # Held through backward recomputation; no step state when no concept is active (textual inversion).
-                self.runtime.step = self.runtime.step_state(sigma, sampling) if self.runtime.n else None
                 try:
-                    denoised = denoise(base_model, model_options, [conditioning], x_t, sigma, x0, draw.noise_seed)[0]
-                    loss = masked_diffusion_loss(noise_prediction(x_t, denoised, sigma), noise, weight)
+                    loss, encoded = self.micro_batch_loss(base_model, model_options, data, step, micro)
                     (loss / s.grad_accumulation).backward()
                 finally:
-                    self.runtime.step = None
+                    self.runtime.held_step = None
+                encodings.append(encoded)
                 step_loss += float(loss.detach()) / s.grad_accumulation
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -387,12 +396,39 @@ class PerfusionTrainer:
             if self.progress is not None:
                 self.progress(done, s.steps, (time.monotonic() - started) / (done - self.start_step), step_loss, sample)
 
+    def data_on(self, device: torch.device) -> TrainingData:
+        """The training data on ``device``; copies made here are ordinary tensors even if the
+        inputs came from inference mode."""
+        d = self.data
+        return TrainingData(d.latents.to(device).clone(), d.flipped.to(device).clone(),
+                            None if d.weights is None else d.weights.to(device).clone(), d.digest)
+
+    def micro_batch_loss(self, base_model: Any, model_options: dict, data: TrainingData, step: int,
+                         micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The denoising loss of micro-batch ``micro`` of optimizer step ``step`` (images, flips,
+        timesteps and noise are fixed by the seed) with the trainables as they are, and the
+        trigger's encodings in its prompts. Leaves the step state held for the backward pass
+        (gradient checkpointing recomputes the forward then); the caller clears ``held_step``."""
+        s, device, sampling = self.settings, self.patched.load_device, base_model.model_sampling
+        draw = micro_batch(s, step, micro, int(data.latents.shape[0]))
+        self.runtime.load([self._concept(live=True)])
+        conditioning, encoded = self._conditioning(draw)
+        x0, weight = data.batch(draw.images.to(device), draw.flips.to(device))
+        noise = gaussian_noise(tuple(x0.shape), draw.noise_seed).to(device)
+        sigma = sampling.sigma(draw.timesteps.float()).to(device)
+        x_t = sampling.noise_scaling(sigma, noise.clone(), x0)
+        # No step state when no concept is active (textual inversion).
+        self.runtime.held_step = self.runtime.step_state(sigma, sampling, device) if self.runtime.n else None
+        denoised = denoise(base_model, model_options, [conditioning], x_t, sigma, x0, draw.noise_seed)[0]
+        loss = masked_diffusion_loss(noise_prediction(x_t, denoised, sigma), noise, weight)
+        return loss, encoded
+
     def _conditioning(self, draw: MicroBatch) -> tuple[list, torch.Tensor]:
         """The micro-batch's conditioning and the trigger's encodings in it (M, D): one template
         for the whole batch, or each image's own caption."""
         s = self.settings
         if not s.captions:
-            conditioning = encode(self.clip, s.templates[draw.template].format(self.trigger))
+            conditioning = encode(self.clip, s.templates[draw.template].replace("{}", self.trigger))
             return conditioning, conditioning[0][0][:, self.positions[draw.template]].detach().float()
         picks = draw.images.tolist()
         conditioning = encode_batch(self.clip, [s.captions[i].replace("{}", self.trigger) for i in picks])
@@ -409,7 +445,7 @@ class PerfusionTrainer:
         device = self.patched.load_device
         with torch.no_grad():
             self.runtime.load([self._concept(live=False)])
-            conds = [encode(self.clip, p.prompt.format(self.trigger)), encode(self.clip, "")]
+            conds = [encode(self.clip, p.prompt.replace("{}", self.trigger)), encode(self.clip, "")]
             sigmas = comfy.samplers.calculate_sigmas(sampling, "normal", p.steps).to(device)
             shape = (1,) + tuple(self.data.latents.shape[1:])
             noise = gaussian_noise(shape, self.settings.seed).to(device)
@@ -434,9 +470,10 @@ class PerfusionTrainer:
         started = time.monotonic()
         frozen = self._freeze_base()
         try:
-            with torch.inference_mode(False), torch.enable_grad():
+            with torch.inference_mode(False), torch.enable_grad(), host_compat.training_mode():
                 with torch.no_grad():
                     positive = encode(self.clip, self.superclass)
+                host_compat.load_for_training(self.patched)
                 run_in_guider(self.patched, positive, tuple(self.data.latents.shape[1:]), self.loop, self.settings.seed)
         except mm.InterruptProcessingException:
             self._save_interrupted()
@@ -444,8 +481,12 @@ class PerfusionTrainer:
         finally:
             self._restore_base(frozen)
         concept = self.final_concept()
-        path = str(save_concept(concept, unique_path(self.files.concept)))
-        state = self.save_state()
+        state = self.save_state()  # first: a concept file that cannot be written must not lose the run
+        try:
+            path = str(save_concept(concept, unique_path(self.files.concept)))
+        except (OSError, ValueError) as err:  # ConceptError is a ValueError
+            raise TrainingError(f"the concept could not be saved ({err}); the run is kept in the checkpoint "
+                                f"{os.path.basename(state)} (resume_from)") from None
         return RunResult(concept=concept, losses=list(self.losses), concept_path=path, state_path=state,
                          seconds=time.monotonic() - started, resumed_from=self.start_step,
                          previews=list(self.preview_latents))

@@ -69,6 +69,14 @@ MODEL_FOLDERS: tuple[str, ...] = (
 # What ComfyUI prints for each custom node folder after importing it:
 # "{seconds:6.1f} seconds{ (IMPORT FAILED)}: {module path}".
 _IMPORT_LINE = re.compile(r"^\s*[\d.]+ seconds( \(IMPORT FAILED\))?: (?P<path>.+?)\s*$")
+# Newer hosts (0.33) colour each log line and put the level in front: "ESC[32m[INFO]ESC[0m message".
+_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+_LEVEL_TAG = re.compile(r"^\[(?:DEBUG|DETAIL|INFO|WARNING|ERROR|CRITICAL)\] ", re.MULTILINE)
+
+
+def plain_log(text: str) -> str:
+    """A server log as 0.3.75 prints it: without colour codes and per-line level tags."""
+    return _LEVEL_TAG.sub("", _COLOUR.sub("", text))
 
 
 class ServerError(RuntimeError):
@@ -349,11 +357,11 @@ class ComfyServer:
 
     # ------------------------------------------------------------------ logs
     def log_text(self) -> str:
-        """Everything the server printed so far (stdout and stderr)."""
+        """Everything the server printed so far (stdout and stderr), as plain text (``plain_log``)."""
         if self._log_file is not None:
             self._log_file.flush()
         try:
-            return self.log_path.read_text(encoding="utf-8", errors="replace")
+            return plain_log(self.log_path.read_text(encoding="utf-8", errors="replace"))
         except FileNotFoundError:
             return ""
 
@@ -411,6 +419,10 @@ class ComfyServer:
         body = json.dumps(dict(payload), allow_nan=True)
         return self._http.post(self.url + path, data=body.encode("utf-8"),
                                headers={"Content-Type": "application/json"}, timeout=60)
+
+    def system_stats(self) -> dict[str, Any]:
+        """GET /system_stats (host version, devices)."""
+        return self._get("/system_stats").json()
 
     def object_info(self, node_class: str | None = None) -> dict[str, Any]:
         """GET /object_info (all node definitions) or /object_info/<class>."""

@@ -93,6 +93,10 @@ def test_pack_import_status_agrees_with_object_info(server: ComfyServer, object_
     if server.pack_loaded():
         assert server.pack_error() is None
         assert ours, "pack imported but registered no nodes"
+        # The pack says once which ComfyUI it runs on (the version the server itself reports).
+        version = server.system_stats()["system"]["comfyui_version"]
+        lines = [line for line in server.log_text().splitlines() if "Perfusion: running on ComfyUI" in line]
+        assert len(lines) == 1 and f"ComfyUI {version} " in lines[0], lines
     else:
         assert not ours
         assert server.pack_error()

@@ -20,19 +20,17 @@ def bench_overhead():
 
 def test_lora_count_matches_what_train_lora_node_returns(pack, tiny_sd1_checkpoint: Path):
     import comfy.sd
-    from comfy_extras.nodes_train import TrainLoraNode
+
+    from tools.lora_baseline import train_lora_node
 
     count = bench_overhead().train_lora_node_floats
-    # Two latent dicts: with a single one, 0.3.75's node trips over an unset variable.
     with torch.inference_mode():  # as the server runs nodes
         model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(tiny_sd1_checkpoint), output_clip=True)
         tokens = clip.tokenize("a photo of a zorb")
         positive = [[clip.encode_from_tokens(tokens), {}]]
         for rank in (4, 8):
-            out = TrainLoraNode.execute(
-                model=[model], latents=[{"samples": torch.zeros(1, 4, 8, 8)}] * 2, positive=[positive] * 2,
-                batch_size=[1], grad_accumulation_steps=[1], steps=[1], learning_rate=[1e-4], rank=[rank],
-                optimizer=["AdamW"], loss_function=["MSE"], seed=[0], training_dtype=["fp32"], lora_dtype=["fp32"],
-                algorithm=["LoRA"], gradient_checkpointing=[False], existing_lora=["[None]"]).args
-            trained = sum(t.numel() for t in out[1].values())
+            lora = train_lora_node(model, [torch.zeros(1, 4, 8, 8)] * 2, positive, steps=1, learning_rate=1e-4,
+                                   rank=rank, training_dtype="fp32", lora_dtype="fp32", algorithm="LoRA",
+                                   gradient_checkpointing=False)
+            trained = sum(t.numel() for t in lora.values())
             assert count(model.model.diffusion_model, rank) == trained

@@ -180,8 +180,15 @@ def test_host_location_errors_point_to_setup(monkeypatch: pytest.MonkeyPatch, tm
     monkeypatch.setenv(comfy_host.ENV_VAR, str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="tools/setup.sh"):
         comfy_host.host_dir()
+    # Without the variable: the default folder (a stand-in here, since the suite may be running
+    # against another host named by the variable, with no default host installed).
     monkeypatch.delenv(comfy_host.ENV_VAR)
-    assert (comfy_host.host_dir() / "comfy" / "sd.py").is_file()
+    monkeypatch.setattr(comfy_host, "_DEFAULT_HOST", tmp_path / "default")
+    with pytest.raises(FileNotFoundError, match="default location"):
+        comfy_host.host_dir()
+    (tmp_path / "default" / "comfy").mkdir(parents=True)
+    (tmp_path / "default" / "comfy" / "model_management.py").touch()
+    assert comfy_host.host_dir() == (tmp_path / "default").resolve()
 
 
 def test_import_host_is_idempotent() -> None:
