@@ -74,11 +74,13 @@ def test_one_step_gradients_match_float64_finite_differences(pack, pipeline, tin
     with torch.no_grad():
         for k, p in _parameters(ref).items():
             p.copy_(start[k])
-    generator = torch.Generator().manual_seed(0)
-    directions = {k: torch.randn(g.shape, generator=generator, dtype=torch.float64) for k, g in grads.items()}
-    values = [k for k in directions if k.startswith("values.")]
-    checks = {"values": {k: directions[k] for k in values},
-              "embedding": {k: v for k, v in directions.items() if k.startswith("embedding.")}}
+    # Along each group's own gradient: the directional derivative is then |g| (no cancellation
+    # between terms, which would leave the finite difference at the level of float32 round-off).
+    checks = {}
+    for group in ("values.", "embedding."):
+        part = {k: g.double() for k, g in grads.items() if k.startswith(group)}
+        norm = float(torch.cat([g.flatten() for g in part.values()]).norm())
+        checks[group[:-1]] = {k: g / norm for k, g in part.items()}
     found: dict[str, tuple[float, float]] = {}
 
     def body(base_model: Any, model_options: dict) -> None:
@@ -97,10 +99,8 @@ def test_one_step_gradients_match_float64_finite_differences(pack, pipeline, tin
 
         assert base_model.get_dtype() == torch.float64
         for name, direction in checks.items():
-            h = 1e-3 / max(float(torch.cat([d.flatten() for d in direction.values()]).norm()), 1e-12)
-            # The float64 UNet sees float32 parameters: pick steps far above float32's rounding.
-            scale = max(float(torch.cat([start[k].flatten() for k in direction]).abs().max()), 1.0)
-            h *= scale
+            # A unit direction; the float64 UNet sees float32 parameters: steps far above their rounding.
+            h = 1e-2 * max(float(torch.cat([start[k].flatten() for k in direction]).abs().max()), 1.0)
             numeric = (loss_at(h, direction) - loss_at(-h, direction)) / (2 * h)
             analytic = sum(float((grads[k].double() * d).sum()) for k, d in direction.items())
             found[name] = (analytic, numeric)
@@ -112,9 +112,10 @@ def test_one_step_gradients_match_float64_finite_differences(pack, pipeline, tin
             positive = pack.nodes.host_sampling.encode(ref.clip, "teddy")
         pack.nodes.host_sampling.run_in_guider(ref.patched, positive, tuple(trainer.data.latents.shape[1:]), body)
     for name, (analytic, numeric) in found.items():
-        # float32 autograd against float64 differences: relative agreement to a few 1e-4 (the
-        # embedding's path also runs the host's float32 text encoder, hence its looser bound).
-        rel = 2e-3 if name == "values" else 2e-2
+        # float32 autograd against float64 differences with a finite step: 1% (the embedding's path
+        # also runs the host's float32 text encoder, hence its looser bound). A gradient that lost a
+        # path or a scale (cast weights outside autograd, a stale step state) is off by far more.
+        rel = 1e-2 if name == "values" else 5e-2
         assert abs(analytic - numeric) <= rel * max(abs(numeric), 1e-8), (name, analytic, numeric)
 
 
@@ -171,7 +172,8 @@ def test_offloaded_training_gives_the_fully_loaded_concept(pack, pipeline, tiny_
 
     def offloading_load(self: Any, lowvram_model_memory: float = 0, force_patch_weights: bool = False) -> Any:
         out = original(self, 1, force_patch_weights=force_patch_weights)
-        partial.append(self.model.loaded_size() < self.model.model_size())
+        if hasattr(self.model.model, "diffusion_model"):  # the UNet (0.33 loads text encoders its own way)
+            partial.append(self.model.loaded_size() < self.model.model_size())
         return out
 
     monkeypatch.setattr(mm.LoadedModel, "model_load", offloading_load)
