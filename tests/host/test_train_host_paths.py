@@ -51,7 +51,7 @@ def _trainer(pack: Any, model: Any, clip: Any, vae: Any, tmp_path: Path, data: A
 
 
 def _parameters(trainer: Any) -> dict[str, torch.nn.Parameter]:
-    return {name: p for name, p in trainer.trainables.named_parameters()}
+    return dict(trainer.trainables.named_parameters())
 
 
 def test_one_step_gradients_match_float64_finite_differences(pack, pipeline, tiny_sd1_checkpoint, tmp_path):
@@ -84,7 +84,6 @@ def test_one_step_gradients_match_float64_finite_differences(pack, pipeline, tin
     found: dict[str, tuple[float, float]] = {}
 
     def body(base_model: Any, model_options: dict) -> None:
-        import comfy.model_management as mm
 
         data = ref.data_on(ref.patched.load_device)
         params = _parameters(ref)
@@ -104,7 +103,6 @@ def test_one_step_gradients_match_float64_finite_differences(pack, pipeline, tin
             numeric = (loss_at(h, direction) - loss_at(-h, direction)) / (2 * h)
             analytic = sum(float((grads[k].double() * d).sum()) for k, d in direction.items())
             found[name] = (analytic, numeric)
-        del mm
 
     ref.clip.load_model()
     with torch.inference_mode(False):
