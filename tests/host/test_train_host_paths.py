@@ -84,7 +84,6 @@ def test_one_step_gradients_match_float64_finite_differences(pack, pipeline, tin
     found: dict[str, tuple[float, float]] = {}
 
     def body(base_model: Any, model_options: dict) -> None:
-
         data = ref.data_on(ref.patched.load_device)
         params = _parameters(ref)
 
