@@ -141,14 +141,13 @@ class Config:
 # ----------------------------------------------------------------------------- measurements
 
 def build_concepts(pack: ModuleType, model: Any, clip: Any, captions: int) -> list[Any]:
-    builder = pack.nodes.nodes_word_edit.PerfusionWordEdit()
-    return [builder.build(model, clip, trigger, target, TEMPLATE, captions)[0] for trigger, target in WORD_EDITS]
+    word_edit = pack.nodes.nodes_word_edit.word_edit
+    return [word_edit(model, clip, trigger, target, TEMPLATE, captions) for trigger, target in WORD_EDITS]
 
 
 def apply_all(pack: ModuleType, model: Any, clip: Any, concepts: list[Any]) -> tuple[Any, Any]:
-    node = pack.nodes.nodes_apply.ApplyKeyLockedEdit()
     for concept in concepts:
-        model, clip = node.apply(model, clip, concept)
+        model, clip = pack.nodes.nodes_apply.apply_edit(model, clip, concept)
     return model, clip
 
 
@@ -386,14 +385,14 @@ def concept_files(pack: ModuleType, folder: str, word_edit: Any, size: str) -> l
 
 
 def load_times(pack: ModuleType, files: list[dict[str, Any]], repeats: int) -> dict[str, list[float]]:
-    """LoadPerfusionConcept.load (read + full validation) of the fp16 word edit and SDXL files."""
-    loader = pack.nodes.nodes_concept.LoadPerfusionConcept()
+    """LoadPerfusionConcept's load_concept_file (read + full validation) of the fp16 word edit and SDXL files."""
+    load = pack.nodes.nodes_concept.load_concept_file
     out = {}
     for row in (files[0], next(r for r in files if r["label"] == "SDXL trained concept")):
         name = row["float16_name"]
-        loader.load(name)  # warm the page cache: what is timed is parsing and checking
+        load(name)  # warm the page cache: what is timed is parsing and checking
         out[f"LoadPerfusionConcept.load, {row['label'].split(' (')[0]} (fp16)"] = \
-            [timed(lambda n=name: loader.load(n))[0] for _ in range(repeats)]
+            [timed(lambda n=name: load(n))[0] for _ in range(repeats)]
     return out
 
 

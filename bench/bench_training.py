@@ -147,7 +147,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
                                 optimizer="AdamW", loss_function="MSE", seed=0, training_dtype="fp32",
                                 lora_dtype="fp32", algorithm="LoRA", gradient_checkpointing=True)
             else:
-                pack.nodes.nodes_train.TrainPerfusion().train(
+                pack.nodes.nodes_train.train_perfusion(
                     model, clip, vae, images=images, trigger_word="zorb", superclass="teddy", steps=args.steps,
                     batch_size=args.batch, grad_accumulation=1, lr_values=0.03, lr_embedding=0.006,
                     train_beta=0.75, train_tau=0.1, seed=0, resolution=args.resolution, timestep_sets=1,

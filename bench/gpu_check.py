@@ -240,7 +240,7 @@ def train_run(run: Run, node: str, steps: int, accumulation: int) -> dict[str, f
                             optimizer="AdamW", loss_function="MSE", seed=0, training_dtype=dtype, lora_dtype=dtype,
                             algorithm="LoRA", gradient_checkpointing=True)
         else:
-            run.pack.nodes.nodes_train.TrainPerfusion().train(
+            run.pack.nodes.nodes_train.train_perfusion(
                 data["model"], data["clip"], data["vae"], images=data["images"], trigger_word="zorb",
                 superclass="teddy", steps=steps, batch_size=plan.batch, grad_accumulation=accumulation,
                 lr_values=0.03, lr_embedding=0.006, train_beta=0.75, train_tau=0.1, seed=0,

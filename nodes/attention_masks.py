@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 import torch
 
-from perfusion_core.attention_mask import maps_to_latent, threshold_mask, token_attention
-from perfusion_core.training import gaussian_noise
+from ..perfusion_core.attention_mask import maps_to_latent, threshold_mask, token_attention
+from ..perfusion_core.training import gaussian_noise
 
 from . import host_model
 from .encoding import word_positions

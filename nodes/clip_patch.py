@@ -22,8 +22,8 @@ from typing import Any, Callable
 
 import torch
 
-from perfusion_core.concept import SUPERCLASS_PROMPT_LOCKS, Concept, ConceptError
-from perfusion_core.concept_file import words_match
+from ..perfusion_core.concept import SUPERCLASS_PROMPT_LOCKS, Concept, ConceptError
+from ..perfusion_core.concept_file import words_match
 
 from .model_patch import K_CONTEXT_COND
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from perfusion_core.concept import ConceptError
+from ..perfusion_core.concept import ConceptError
 
 
 # ComfyUI's prompt syntax that a template cannot carry: a weight or escape changes the word's

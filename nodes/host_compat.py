@@ -11,7 +11,7 @@ import contextlib
 import logging
 from typing import Any, Iterator
 
-from perfusion_core.host_version import host_comfyui_version
+from ..perfusion_core.host_version import host_comfyui_version
 
 log = logging.getLogger(__name__)
 TESTED_HOSTS = ("0.3.75", "0.33.0")

@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from perfusion_core.concept import ConceptError, TextEncoderId
-from perfusion_core.concept_file import FAMILY_NAMES  # noqa: F401  (re-exported for the nodes)
+from ..perfusion_core.concept import ConceptError, TextEncoderId
+from ..perfusion_core.concept_file import FAMILY_NAMES  # noqa: F401  (re-exported for the nodes)
 
 ENCODER_NAMES = {"sd1": "clip-l", "sd2": "clip-h", "sdxl": "clip-l+clip-g"}
 

@@ -33,10 +33,10 @@ from typing import Any, Callable
 import torch
 from einops import einsum
 
-from perfusion_core.concept import Concept
-from perfusion_core.edit import JointDirections, context_locked_keys, gate_values, gated_edit, joint_directions
-from perfusion_core.fused_edit import FusedEdit, fuse, fused_edit
-from perfusion_core.schedule import interval_index, window_active
+from ..perfusion_core.concept import Concept
+from ..perfusion_core.edit import JointDirections, context_locked_keys, gate_values, gated_edit, joint_directions
+from ..perfusion_core.fused_edit import FusedEdit, fuse, fused_edit
+from ..perfusion_core.schedule import interval_index, window_active
 
 PATCH_KEY = "perfusion"
 K_CONTEXT_COND = "perfusion_k_context"  # model cond: the superclass prompt's encoding (global, context lock)

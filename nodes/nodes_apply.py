@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from comfy_api.latest import io
 
-from perfusion_core.concept import Concept, ConceptError
-from perfusion_core.concept_file import check_compatible, concept_problem, trigger_problem, words_match
-from perfusion_core.edit import MAX_DIRECTION_COSINE, parallel_pairs
+from ..perfusion_core.concept import Concept, ConceptError
+from ..perfusion_core.concept_file import check_compatible, concept_problem, trigger_problem, words_match
+from ..perfusion_core.edit import MAX_DIRECTION_COSINE, parallel_pairs
 
 from . import clip_patch, host_model, model_patch
-from .nodes_concept import CATEGORY, CONCEPT
+from .nodes_concept import CATEGORY, ConceptSocket
 
 NODE = "ApplyKeyLockedEdit"
 
@@ -83,47 +84,47 @@ def check_joint(concept: Concept, on_model: list[Concept], on_clip: list[str]) -
                 "ConceptGate sets all of its settings")
 
 
-class ApplyKeyLockedEdit:
-    DESCRIPTION = ("Apply a Perfusion concept: hooks every cross-attention key/value projection of the MODEL with "
-                   "a gated rank-1 edit (keys locked to the superclass) and teaches the CLIP the trigger word. "
-                   "Chain several to put several concepts in one image: they form one joint edit.")
-    RETURN_TYPES = ("MODEL", "CLIP")
-    RETURN_NAMES = ("model", "clip")
-    OUTPUT_TOOLTIPS = ("The model with the concept's edit (the input model is unchanged).",
-                       "The CLIP that encodes the trigger word with the concept's embedding.")
-    FUNCTION = "apply"
-    CATEGORY = CATEGORY
+def apply_edit(model: Any, clip: Any, concept: Concept, trigger_word: str = "") -> tuple[Any, Any]:
+    """The node's work: (model, clip) with ``concept`` applied; the inputs are not changed."""
+    trigger_word = trigger_word.strip()
+    if trigger_word:
+        problem = trigger_problem(trigger_word, "trigger_word")
+        if problem:
+            raise ConceptError(f"{NODE}: {problem}")
+        concept = concept.with_trigger(trigger_word)
+    problem = concept_problem(concept)  # in-memory concepts too: the same bounds as a file's
+    if problem:
+        raise ConceptError(f"{NODE}: concept '{concept.trigger}': {problem}")
+    layers = check_concept_fits(concept, model, clip)
+    check_joint(concept, *applied_triggers(model, clip, list(layers)))
+    return (model_patch.install(model, list(layers), [concept]),
+            clip_patch.install(clip, [concept], source=NODE))
+
+
+class ApplyKeyLockedEdit(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=NODE, display_name="Apply Key-Locked Edit (Perfusion)", category=CATEGORY,
+            description=("Apply a Perfusion concept: hooks every cross-attention key/value projection of the MODEL "
+                         "with a gated rank-1 edit (keys locked to the superclass) and teaches the CLIP the trigger "
+                         "word. Chain several to put several concepts in one image: they form one joint edit."),
+            inputs=[
+                io.Model.Input("model", tooltip="An SD1.x, SD2.x or SDXL model, LoRAs and other patches allowed."),
+                io.Clip.Input("clip", tooltip="The CLIP of the same checkpoint."),
+                ConceptSocket.Input("concept", tooltip="From Load Perfusion Concept, Concept Gate or a trainer."),
+                io.String.Input("trigger_word", default="", optional=True, tooltip=(
+                    "Use this word in prompts instead of the concept's own trigger. Empty = the concept's trigger. "
+                    "A prompt without the trigger is fine: the concept stays idle.")),
+            ],
+            outputs=[
+                io.Model.Output("patched_model", display_name="model",
+                                tooltip="The model with the concept's edit (the input model is unchanged)."),
+                io.Clip.Output("patched_clip", display_name="clip",
+                               tooltip="The CLIP that encodes the trigger word with the concept's embedding."),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "An SD1.x, SD2.x or SDXL model, LoRAs and other patches allowed."}),
-                "clip": ("CLIP", {"tooltip": "The CLIP of the same checkpoint."}),
-                "concept": (CONCEPT, {"tooltip": "From Load Perfusion Concept, Concept Gate or a trainer."}),
-            },
-            "optional": {
-                "trigger_word": ("STRING", {"default": "", "tooltip":
-                                 "Use this word in prompts instead of the concept's own trigger. Empty = the "
-                                 "concept's trigger. A prompt without the trigger is fine: the concept stays idle."}),
-            },
-        }
-
-    def apply(self, model: Any, clip: Any, concept: Concept, trigger_word: str = "") -> tuple[Any, Any]:
-        trigger_word = trigger_word.strip()
-        if trigger_word:
-            problem = trigger_problem(trigger_word, "trigger_word")
-            if problem:
-                raise ConceptError(f"{NODE}: {problem}")
-            concept = concept.with_trigger(trigger_word)
-        problem = concept_problem(concept)  # in-memory concepts too: the same bounds as a file's
-        if problem:
-            raise ConceptError(f"{NODE}: concept '{concept.trigger}': {problem}")
-        layers = check_concept_fits(concept, model, clip)
-        check_joint(concept, *applied_triggers(model, clip, list(layers)))
-        return (model_patch.install(model, list(layers), [concept]),
-                clip_patch.install(clip, [concept], source=NODE))
-
-
-NODE_CLASS_MAPPINGS = {NODE: ApplyKeyLockedEdit}
-NODE_DISPLAY_NAME_MAPPINGS = {NODE: "Apply Key-Locked Edit (Perfusion)"}
+    def execute(cls, model: Any, clip: Any, concept: Concept, trigger_word: str = "") -> io.NodeOutput:
+        return io.NodeOutput(*apply_edit(model, clip, concept, trigger_word))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from comfy_api.latest import io
 from PIL import Image, ImageDraw, ImageFont
 
 from .nodes_concept import CATEGORY
@@ -30,26 +31,21 @@ def labelled_grid(images: torch.Tensor, labels: list[str], columns: int) -> torc
     return torch.from_numpy(np.asarray(canvas).astype(np.float32) / 255.0)[None]
 
 
-class PerfusionLabelledGrid:
-    DESCRIPTION = "Arrange an image batch in a grid with a text label under each image (e.g. a beta sweep)."
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("grid",)
-    OUTPUT_TOOLTIPS = ("One image holding the labelled grid.",)
-    FUNCTION = "grid"
-    CATEGORY = CATEGORY
+class PerfusionLabelledGrid(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=NODE, display_name="Perfusion Labelled Grid", category=CATEGORY,
+            description="Arrange an image batch in a grid with a text label under each image (e.g. a beta sweep).",
+            inputs=[
+                io.Image.Input("images", tooltip="The images, in order (combine branches with Batch Images)."),
+                io.String.Input("labels", default="", multiline=False,
+                                tooltip="Comma-separated labels, one per image, in the same order."),
+                io.Int.Input("columns", default=4, min=1, max=32, tooltip="Images per row (1-32). Default 4."),
+            ],
+            outputs=[io.Image.Output("grid", display_name="grid", tooltip="One image holding the labelled grid.")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {"required": {
-            "images": ("IMAGE", {"tooltip": "The images, in order (combine branches with Batch Images)."}),
-            "labels": ("STRING", {"default": "", "multiline": False, "tooltip":
-                       "Comma-separated labels, one per image, in the same order."}),
-            "columns": ("INT", {"default": 4, "min": 1, "max": 32, "tooltip": "Images per row (1-32). Default 4."}),
-        }}
-
-    def grid(self, images: torch.Tensor, labels: str, columns: int) -> tuple[torch.Tensor]:
-        return (labelled_grid(images, [s.strip() for s in labels.split(",")], columns),)
-
-
-NODE_CLASS_MAPPINGS = {NODE: PerfusionLabelledGrid}
-NODE_DISPLAY_NAME_MAPPINGS = {NODE: "Perfusion Labelled Grid"}
+    def execute(cls, images: torch.Tensor, labels: str, columns: int) -> io.NodeOutput:
+        return io.NodeOutput(labelled_grid(images, [s.strip() for s in labels.split(",")], columns))

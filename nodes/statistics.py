@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 import torch
 
-from perfusion_core.captions import corpus_digest, generate_captions
-from perfusion_core.covariance import (PADDING_RULE, SecondMoment, StatisticsError, fingerprint, load_statistics,
+from ..perfusion_core.captions import corpus_digest, generate_captions
+from ..perfusion_core.covariance import (PADDING_RULE, SecondMoment, StatisticsError, fingerprint, load_statistics,
                                        save_statistics)
 
 from . import folders, host_model

@@ -31,14 +31,14 @@ from typing import Any, Callable
 
 import torch
 
-from perfusion_core.captions import generate_captions
-from perfusion_core.concept import Concept, Gate
-from perfusion_core.concept_file import save_concept, unique_path
-from perfusion_core.covariance import Whitener
-from perfusion_core.training import (ConceptHeader, ConceptTrainables, TrainingError, TrainingSettings,
+from ..perfusion_core.captions import generate_captions
+from ..perfusion_core.concept import Concept, Gate
+from ..perfusion_core.concept_file import save_concept, unique_path
+from ..perfusion_core.covariance import Whitener
+from ..perfusion_core.training import (ConceptHeader, ConceptTrainables, TrainingError, TrainingSettings,
                                      MicroBatch, gaussian_noise, latent_weights, masked_diffusion_loss, micro_batch,
                                      noise_prediction, square_crop)
-from perfusion_core.training_state import read_training_state, restore, save_training_state
+from ..perfusion_core.training_state import read_training_state, restore, save_training_state
 
 from . import folders, host_compat, host_model, model_patch, statistics
 from .clip_patch import install as install_clip

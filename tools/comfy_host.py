@@ -77,6 +77,22 @@ def import_host() -> None:
 
 
 PACK_MODULE = "perfusion_pack"
+CORE_PACKAGE = "perfusion_core"
+
+
+def _share_core(pack_module: str) -> None:
+    """Make ``<pack>.perfusion_core`` (what the nodes import, relatively) the very modules that
+    tests and tools import as ``perfusion_core``: one class per name, so that an error the nodes
+    raise is the ``ConceptError`` a test catches, and a concept made by a tool is a ``Concept``
+    to the nodes."""
+    import importlib
+    import pkgutil
+
+    core = importlib.import_module(CORE_PACKAGE)
+    sys.modules[f"{pack_module}.{CORE_PACKAGE}"] = core
+    for info in pkgutil.iter_modules(core.__path__):
+        module = importlib.import_module(f"{CORE_PACKAGE}.{info.name}")
+        sys.modules[f"{pack_module}.{CORE_PACKAGE}.{info.name}"] = module
 
 
 def import_pack() -> "ModuleType":
@@ -90,6 +106,9 @@ def import_pack() -> "ModuleType":
     import_host()
     if PACK_MODULE in sys.modules:
         return sys.modules[PACK_MODULE]
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    _share_core(PACK_MODULE)
     spec = importlib.util.spec_from_file_location(PACK_MODULE, REPO_ROOT / "__init__.py",
                                                   submodule_search_locations=[str(REPO_ROOT)])
     module = importlib.util.module_from_spec(spec)

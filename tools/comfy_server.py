@@ -407,6 +407,10 @@ class ComfyServer:
         return "import failed (no message found in the log)"
 
     # ------------------------------------------------------------------ HTTP API
+    def get(self, path: str) -> requests.Response:
+        """GET ``path`` (e.g. a template file the server serves); raises ServerError unless 200."""
+        return self._get(path)
+
     def _get(self, path: str, **params: Any) -> requests.Response:
         r = self._http.get(self.url + path, params=params or None, timeout=60)
         if r.status_code != 200:

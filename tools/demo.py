@@ -10,12 +10,12 @@ with all its folders in a throw-away directory:
    built-in demo model: the world model of ``world/`` (a small SD1.5-layout
    UNet and VAE this project pretrained on a procedural world of teddies,
    cats, chairs and cups; assembled once under ``.cache/``);
-2. makes the demo concepts by running ``workflows/make_demo_concepts.json``
+2. makes the demo concepts by running ``example_workflows/make_demo_concepts.json``
    (training-free word edits: "cat" rendered as "cup", "chair" as "teddy");
-3. runs ``workflows/concept_txt2img.json`` (one concept) and
-   ``workflows/beta_sweep.json`` (a labelled grid over the gate bias);
-4. runs ``workflows/train_concept.json``: TrainPerfusion on the bundled
-   images of one particular teddy (``workflows/images``: white dots, top hat;
+3. runs ``example_workflows/concept_txt2img.json`` (one concept) and
+   ``example_workflows/beta_sweep.json`` (a labelled grid over the gate bias);
+4. runs ``example_workflows/train_concept.json``: TrainPerfusion on the bundled
+   images of one particular teddy (``example_workflows/images``: white dots, top hat;
    a look the demo model never saw), then generates it on the beach, a
    setting none of its images shows;
 5. copies the images (and the concept files) to ``--out`` (default ``out/``).
@@ -77,7 +77,7 @@ STEPS: tuple[Step, ...] = (
          makes_concepts=True),
     Step("concept_txt2img", "text to image with one concept (prompt 'a photo of a cat on the beach')"),
     Step("beta_sweep", "the same prompt at gate bias beta 0.4 ... 0.8 as one labelled grid"),
-    Step("train_concept", f"train '{wf.TRIGGER}' ({wf.SUPERCLASS}) on the bundled images in workflows/images, "
+    Step("train_concept", f"train '{wf.TRIGGER}' ({wf.SUPERCLASS}) on the bundled images in example_workflows/images, "
                           f"then generate 'a photo of a {wf.TRIGGER} on the beach'"),
 )
 
@@ -211,7 +211,7 @@ def run_demo(checkpoint: Path | None, out_dir: Path, *, size: int | None = None,
         object_info = server.object_info()
         out_dir.mkdir(parents=True, exist_ok=True)
         for step in STEPS:
-            say(f"Running workflows/{step.workflow}.json: {step.what} ...")
+            say(f"Running example_workflows/{step.workflow}.json: {step.what} ...")
             if step.makes_concepts and not have_statistics:
                 say("  (estimating the text-encoder statistics first: minutes on a CPU, once per text encoder)")
             prompt = retarget(wf.load_api(step.workflow, object_info), ckpt_name, size, steps, statistics_captions)

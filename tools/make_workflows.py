@@ -1,4 +1,4 @@
-"""Generate the example workflows shipped in ``workflows/``.
+"""Generate the example workflows shipped in ``example_workflows/``.
 
 The workflows are authored here as API-format prompts (readable, diffable,
 easy to vary in tests) and written as UI-format files that open in the
@@ -6,7 +6,7 @@ ComfyUI web UI. The UI format stores widget values by position, and the
 positions depend on the node definitions, so the conversion asks a real
 server for ``/object_info``: the script starts one with this pack loaded.
 
-    python tools/make_workflows.py           # (re)write workflows/*.json
+    python tools/make_workflows.py           # (re)write example_workflows/*.json
     python tools/make_workflows.py --check   # exit 1 if a file is stale
 
 Output is deterministic (node ids, layout and the workflow id derive from the
@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # run as a script: make `tools.*` importable
 from tools.workflow_format import api_to_ui, ui_to_api, widget_value_problems  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-WORKFLOW_DIR = REPO_ROOT / "workflows"
+WORKFLOW_DIR = REPO_ROOT / "example_workflows"
 
 # Model file names the workflows reference (what tests and the demo install).
 CHECKPOINT = "perfusion_demo_sd15.safetensors"

@@ -2,7 +2,7 @@
 
     python tools/sample_images.py [--check]
 
-Writes ``workflows/images/teddy_<n>.png`` (and a mask per image): the world
+Writes ``example_workflows/images/teddy_<n>.png`` (and a mask per image): the world
 model's held-out concept instance (``world.scenes`` "polka_teddy": a brown
 teddy with white dots and a top hat, a look the world model never saw in
 pretraining) on grass, in the snow, at night and in a room, at varied places
@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make `world.*` importable
 from world.render import render  # noqa: E402
 from world.scenes import CONCEPT_BY_NAME, Scene, concept_object  # noqa: E402
 
-IMAGES_DIR = Path(__file__).resolve().parent.parent / "workflows" / "images"
+IMAGES_DIR = Path(__file__).resolve().parent.parent / "example_workflows" / "images"
 SIZE = 128
 CONCEPT = CONCEPT_BY_NAME["polka_teddy"]
 # (setting, place, size, mirrored, jitter seed): every setting but the beach.

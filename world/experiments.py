@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, replace
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -52,9 +53,10 @@ class TrainSpec:
     # image is trained in its own caption (TrainPerfusion's captions input) instead of the templates.
     composites: int = 0
 
-    def training_mode(self) -> int:
-        """Index into TrainPerfusion's WHAT_TO_TRAIN: Perfusion, textual inversion or no key-lock."""
-        return 1 if self.embedding_only else 2 if self.train_keys else 0
+    def what_to_train(self, train_node: ModuleType) -> str:
+        """TrainPerfusion's what_to_train value: Perfusion, textual inversion or no key-lock."""
+        return (train_node.TRAIN_EMBEDDING_ONLY if self.embedding_only else
+                train_node.TRAIN_NO_KEY_LOCK if self.train_keys else train_node.TRAIN_PERFUSION)
 
     def name(self) -> str:
         """A file name (under TrainPerfusion's 150-character limit) that spells every setting;
@@ -80,16 +82,15 @@ def train_concept(host: WorldHost, spec: TrainSpec) -> Any:
     import folder_paths
 
     nodes = host.pack.nodes
-    choices = nodes.nodes_train.WHAT_TO_TRAIN
     name = spec.name()
     if folder_paths.get_full_path("perfusion", name + ".safetensors") is not None:
-        return nodes.nodes_concept.LoadPerfusionConcept().load(name + ".safetensors")[0]
+        return nodes.nodes_concept.load_concept_file(name + ".safetensors")
     concept = CONCEPT_BY_NAME[spec.concept]
     scenes = training_scenes(concept, spec.shots, seed=spec.seed) + composite_scenes(concept, spec.composites, spec.seed)
     images, masks = host.images_of(scenes)
     captions = "\n".join(caption(s, words={concept.name: "{}"}) for s in scenes) if spec.composites else ""
     with torch.inference_mode():
-        result = nodes.nodes_train.TrainPerfusion().train(
+        result = nodes.nodes_train.train_perfusion(
             host.base(spec.fp8_base), host.clip, host.vae, images=images, trigger_word=spec.trigger, superclass=concept.category,
             steps=spec.steps, batch_size=min(spec.batch_size, len(scenes)), grad_accumulation=spec.grad_accumulation,
             lr_values=spec.lr_values, lr_embedding=spec.lr_embedding, train_beta=spec.train_beta, train_tau=0.1, seed=spec.seed,
@@ -97,16 +98,16 @@ def train_concept(host: WorldHost, spec: TrainSpec) -> Any:
             mask_source="mask input if connected" if spec.masked else "none", checkpoint_every=0,
             output_name=name, statistics_captions=spec.statistics_captions, preview_every=0,
             mask=masks if spec.masked else None,
-            what_to_train=choices[spec.training_mode()], captions=captions)["result"]
+            what_to_train=spec.what_to_train(nodes.nodes_train), captions=captions)["result"]
     return result[0]
 
 
 def apply(host: WorldHost, concept: Any, gate: GateSpec, model: Any = None, clip: Any = None) -> tuple[Any, Any]:
     """(MODEL, CLIP) with the gated concept applied on top of ``model``/``clip`` (default: the base)."""
     nodes = host.pack.nodes
-    gated = nodes.nodes_concept.ConceptGate().gate(concept, gate.beta, gate.tau, gate.strength,
-                                                  gate.start_percent, gate.end_percent, gate.lock)[0]
-    return nodes.nodes_apply.ApplyKeyLockedEdit().apply(model or host.model, clip or host.clip, gated)
+    gated = nodes.nodes_concept.gate_concept(concept, gate.beta, gate.tau, gate.strength,
+                                             gate.start_percent, gate.end_percent, gate.lock)
+    return nodes.nodes_apply.apply_edit(model or host.model, clip or host.clip, gated)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The shipped workflows in the real ComfyUI web UI, driven in headless chromium.
 
 One ComfyUI server (same models as ``test_workflows.py``) and one browser for
-the module. Every file in ``workflows/`` is opened through the UI's own file
+the module. Every file in ``example_workflows/`` is opened through the UI's own file
 input, the way "Open" and drag-and-drop load a workflow, and must come up with
 no "missing nodes" dialog, no node the frontend does not know (drawn red) and
 the widget values of the file unchanged.
@@ -34,7 +34,7 @@ from tools.comfy_server import ComfyServer
 from tools.demo_models import QUICK_UI_WIDGETS, install_demo_models
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
+SHIPPED = sorted(p.stem for p in (REPO / "example_workflows").glob("*.json"))
 # Images each queued workflow shows on its SaveImage nodes. train_concept also saves its loss graph
 # and its previews; with the 4 steps set here (preview_every 10), only the one after the last step.
 SAVED_IMAGES = {"train_concept": 3}

@@ -3,7 +3,7 @@
 One server for the module: the tiny random-weight SD1.5 checkpoint, a random
 LoRA and a random ControlNet are installed under the names the workflows
 reference, the demo concepts are made once with ``make_demo_concepts``, and
-then each file in ``workflows/`` is converted from UI to API format and run.
+then each file in ``example_workflows/`` is converted from UI to API format and run.
 The list of workflows is read from the directory, and a file without checks
 here fails, so a new workflow cannot ship untested.
 
@@ -30,6 +30,7 @@ from PIL import Image
 from perfusion_core.concept_file import load_concept
 from tools import make_workflows as wf
 from tools.comfy_server import ComfyServer
+from tools.workflow_format import widget_value_problems
 from tools.demo_models import QUICK_STATISTICS_CAPTIONS, install_demo_models
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,7 +39,7 @@ TIMEOUT = 600.0
 HOOK_LINE = re.compile(r"Perfusion: (\d+) concept\(s\) \[([^\]]*)\] on (\d+) cross-attention layers "
                        r"\((\d+) K/V projections hooked\)")
 TINY_SD1_LAYERS = 7
-TEST_TRAIN_STEPS = 20
+TEST_TRAIN_STEPS = 8
 TEST_SAMPLE_STEPS = 4
 
 
@@ -259,12 +260,12 @@ CHECKS: dict[str, Callable[[ComfyServer, dict[str, Any], dict[str, Any]], None]]
     "beta_sweep": check_beta_sweep,
     "train_concept": check_train_concept,
 }
-SHIPPED = sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
+SHIPPED = sorted(p.stem for p in (REPO / "example_workflows").glob("*.json"))
 
 
 # ---------------------------------------------------------------------------- tests
 def test_shipped_workflows_are_the_generated_ones(object_info: dict[str, Any]) -> None:
-    """workflows/ holds exactly what tools/make_workflows.py writes (re-run it after changing a node)."""
+    """example_workflows/ holds exactly what tools/make_workflows.py writes (re-run it after changing a node)."""
     assert SHIPPED == sorted(wf.WORKFLOWS)
     stale = [name for name in wf.WORKFLOWS if wf.workflow_path(name).read_text(encoding="utf-8")
              != wf.render(name, object_info)]
@@ -281,11 +282,41 @@ def test_workflow_files_reference_the_documented_models(object_info: dict[str, A
                     assert entry["inputs"][key] in allowed, (name, key, entry["inputs"][key])
 
 
+def test_templates_are_served_from_example_workflows(server: ComfyServer) -> None:
+    """ComfyUI lists the shipped workflows as this pack's templates and serves each file as it is."""
+    listed = server.get("/workflow_templates").json()
+    assert sorted(listed.get(server.pack_name, [])) == SHIPPED
+    for name in SHIPPED:
+        served = server.get(f"/api/workflow_templates/{server.pack_name}/{name}.json").content
+        assert served == (REPO / "example_workflows" / f"{name}.json").read_bytes()
+
+
+# The UI-format files as shipped before the nodes moved to ComfyUI's V3 schema (2026-11-30):
+# workflows users saved then must load with every widget value in place, and run.
+SAVED = Path(__file__).resolve().parent / "saved_workflows"
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in SAVED.glob("*.json")))
+def test_workflows_saved_before_the_v3_nodes_still_load(name: str, object_info: dict[str, Any]) -> None:
+    prompt = wf.load_api(SAVED / f"{name}.json", object_info)
+    assert prompt and not widget_value_problems(prompt, object_info, check_combo_options=False)
+
+
+def test_a_workflow_saved_before_the_v3_nodes_still_runs(server: ComfyServer, object_info: dict[str, Any],
+                                                         concepts: dict[str, Any]) -> None:
+    prompt = wf.load_api(SAVED / "concept_txt2img.json", object_info)
+    for entry in nodes_of(prompt, "KSampler"):
+        entry["inputs"]["steps"] = TEST_SAMPLE_STEPS
+    run = Run(server, prompt)
+    assert len(run.images) == 1 and run.hooks() == [(1, ["cat"], TINY_SD1_LAYERS, 2 * TINY_SD1_LAYERS)]
+    assert_real_image(run.images[0], SIZE)
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_workflow_runs(name: str, server: ComfyServer, object_info: dict[str, Any], concepts: dict[str, Any]) -> None:
     check = CHECKS.get(name)
     if check is None:
-        pytest.fail(f"workflows/{name}.json has no checks in {Path(__file__).name}")
+        pytest.fail(f"example_workflows/{name}.json has no checks in {Path(__file__).name}")
     check(server, object_info, concepts)
 
 

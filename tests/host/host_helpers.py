@@ -12,12 +12,11 @@ STATS_CAPTIONS = 300  # enough for a stable C of the tiny encoders; one cached C
 
 
 def word_edit_of(pack: Any, model: Any, clip: Any, trigger: str = "cat", target: str = "dog") -> Any:
-    return pack.nodes.nodes_word_edit.PerfusionWordEdit().build(model, clip, trigger, target, "a photo of a {}",
-                                                                STATS_CAPTIONS)[0]
+    return pack.nodes.nodes_word_edit.word_edit(model, clip, trigger, target, "a photo of a {}", STATS_CAPTIONS)
 
 
 def apply(pack: Any, model: Any, clip: Any, concept: Any, **kw: Any) -> tuple[Any, Any]:
-    return pack.nodes.nodes_apply.ApplyKeyLockedEdit().apply(model, clip, concept, **kw)
+    return pack.nodes.nodes_apply.apply_edit(model, clip, concept, **kw)
 
 
 def encode(clip: Any, text: str) -> list:

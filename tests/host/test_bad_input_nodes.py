@@ -25,9 +25,8 @@ def cat(pack, tiny_sd1):
 ])
 def test_training_output_name_is_refused_before_any_work(pack, name: str, message: str) -> None:
     """Refused by the input check: the model, images and CLIP are never touched (None here)."""
-    node = pack.nodes.nodes_train.TrainPerfusion()
     with pytest.raises(TrainingError, match=r"^TrainPerfusion: .*" + re.escape(message)):
-        node.train(None, None, None, None, "zorbix", "teddy", 2, 1, 1, 0.03, 0.006, 0.75, 0.1, 0, 64, 1, False,
+        pack.nodes.nodes_train.train_perfusion(None, None, None, None, "zorbix", "teddy", 2, 1, 1, 0.03, 0.006, 0.75, 0.1, 0, 64, 1, False,
                    "none", 0, name, 100)
 
 
@@ -38,7 +37,7 @@ def test_training_output_name_is_refused_before_any_work(pack, name: str, messag
 def test_save_node_refuses_bad_names_and_writes_nothing(pack, cat, perfusion_folder, prefix: str, message: str) -> None:
     before = sorted(os.listdir(perfusion_folder))
     with pytest.raises(ConceptError, match=r"^SavePerfusionConcept: .*" + re.escape(message)):
-        pack.nodes.nodes_concept.SavePerfusionConcept().save(cat, prefix)
+        pack.nodes.nodes_concept.save_concept_file(cat, prefix)
     assert sorted(os.listdir(perfusion_folder)) == before
 
 
@@ -105,7 +104,7 @@ def test_clip_layer_minus_one_is_the_default_layer_of_sd1(pack, tiny_sd1, cat) -
 def test_word_edit_inputs_fail_clearly(pack, tiny_sd1, trigger: str, template: str, message: str) -> None:
     model, clip = tiny_sd1
     with pytest.raises(ConceptError, match=r"^PerfusionWordEdit: .*" + re.escape(message)):
-        pack.nodes.nodes_word_edit.PerfusionWordEdit().build(model, clip, trigger, "dog", template, 0)
+        pack.nodes.nodes_word_edit.word_edit(model, clip, trigger, "dog", template, 0)
 
 
 def test_concept_file_replaced_with_same_size_and_mtime_is_noticed(pack, cat, perfusion_folder) -> None:
@@ -114,10 +113,10 @@ def test_concept_file_replaced_with_same_size_and_mtime_is_noticed(pack, cat, pe
     from perfusion_core.concept_file import save_concept
     save_concept(cat, path)
     st = os.stat(path)
-    first = node.LoadPerfusionConcept.IS_CHANGED("same_stat.safetensors")
+    first = node.LoadPerfusionConcept.fingerprint_inputs("same_stat.safetensors")
     other = os.path.join(perfusion_folder, "same_stat_other.safetensors")
     save_concept(cat.with_gate(beta=0.3), other)
     assert os.path.getsize(other) == st.st_size
     os.replace(other, path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert node.LoadPerfusionConcept.IS_CHANGED("same_stat.safetensors") != first
+    assert node.LoadPerfusionConcept.fingerprint_inputs("same_stat.safetensors") != first

@@ -330,8 +330,8 @@ def spied(pack: Any, patched: Any, log: list) -> Any:
 
 def test_global_lock_feeds_superclass_prompt_to_keys(pack, tiny_sd1, word_edit):
     model, clip = tiny_sd1
-    gate = pack.nodes.nodes_concept.ConceptGate().gate
-    concept = gate(word_edit, -1.0, -1.0, 1.0, 0.0, 1.0, "global")[0]
+    gate = pack.nodes.nodes_concept.gate_concept
+    concept = gate(word_edit, -1.0, -1.0, 1.0, 0.0, 1.0, "global")
     assert concept.gate.lock == "global"
     patched, pclip = apply(pack, model, clip, concept)
     assert any(isinstance(p, pack.nodes.model_patch.GlobalKeyContext)
@@ -388,7 +388,7 @@ def test_context_lock_gives_the_trigger_the_superclass_key_of_its_own_prompt(pac
     r_trigger = float(written[0, pos].double() @ u / (i_star @ u))
     assert r_trigger > 0.3, "precondition: the trigger's gate input in this prompt must be clearly positive"
     beta, tau = r_trigger - 0.2, 0.01  # shut far below the trigger, fully open at it
-    concept = pack.nodes.nodes_concept.ConceptGate().gate(word_edit, beta, tau, 1.0, 0.0, 1.0, "context")[0]
+    concept = pack.nodes.nodes_concept.gate_concept(word_edit, beta, tau, 1.0, 0.0, 1.0, "context")
     patched, pclip = apply(pack, model, clip, concept)
     kinds = {type(p).__name__ for p in patched.model_options["transformer_options"]["patches"]["attn2_patch"]}
     assert kinds == {"SuperclassKeyContext"}, kinds

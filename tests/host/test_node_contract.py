@@ -25,17 +25,54 @@ CONTRACT = {
 }
 
 
+# Combo values saved workflows store (widgets_values hold the value itself): each must stay offered.
+COMBO_VALUES = {
+    ("ConceptGate", "lock_mode"): ["concept default", "local", "global", "context"],
+    ("TrainPerfusion", "mask_source"): ["mask input if connected", "none", "superclass attention"],
+    ("TrainPerfusion", "what_to_train"): ["embedding and value targets (Perfusion)",
+                                          "embedding only (textual inversion)",
+                                          "embedding, values and keys (no key-lock)"],
+    ("TrainPerfusion", "resume_from"): ["none"],
+}
+
+
+def combo_options(kind: object, options: dict) -> list | None:
+    """A combo's choices, as a classic node (a list as the type) or a V3 node ("COMBO" + options) gives them."""
+    if isinstance(kind, (list, tuple)):
+        return list(kind)
+    return list(options.get("options", [])) if kind == "COMBO" else None
+
+
 @pytest.mark.parametrize("node_id", sorted(CONTRACT))
 def test_node_ids_and_inputs_are_stable(pack, node_id):
-    cls = pack.NODE_CLASS_MAPPINGS[node_id]
+    cls = pack.nodes.NODE_CLASS_MAPPINGS[node_id]
     spec = cls.INPUT_TYPES()
     names = [*spec.get("required", {}), *spec.get("optional", {})]
     missing = [n for n in CONTRACT[node_id] if n not in names]
     assert not missing, f"{node_id} lost inputs {missing}"
+    # Saved workflows store widget values by position: the order of the inputs is contract too.
+    assert [n for n in names if n in CONTRACT[node_id]] == CONTRACT[node_id]
+
+
+@pytest.mark.parametrize("node_id, name", sorted(COMBO_VALUES))
+def test_saved_combo_values_are_still_offered(pack, node_id, name):
+    spec = pack.nodes.NODE_CLASS_MAPPINGS[node_id].INPUT_TYPES()
+    kind, options = {**spec.get("required", {}), **spec.get("optional", {})}[name]
+    offered = combo_options(kind, options)
+    assert offered is not None and not [v for v in COMBO_VALUES[node_id, name] if v not in offered]
+
+
+def test_nodes_are_v3_schema_nodes(pack):
+    from comfy_api.latest import io
+
+    for node_id, cls in pack.nodes.NODE_CLASS_MAPPINGS.items():
+        assert issubclass(cls, io.ComfyNode), node_id
+        schema = cls.GET_SCHEMA()  # validates the schema, as ComfyUI does when it registers the node
+        assert schema.node_id == node_id and schema.display_name and schema.category == "perfusion"
 
 
 def test_every_input_has_a_tooltip_and_every_node_a_description(pack):
-    for node_id, cls in pack.NODE_CLASS_MAPPINGS.items():
+    for node_id, cls in pack.nodes.NODE_CLASS_MAPPINGS.items():
         assert getattr(cls, "DESCRIPTION", ""), node_id
         spec = cls.INPUT_TYPES()
         for section in ("required", "optional"):
@@ -83,7 +120,7 @@ def input_problems(name: str, kind: object, options: dict) -> list[str]:
     elif kind == "BOOLEAN":
         if not (says_default and _BOOL_WORDS.search(tip)):
             problems.append(f"{name}: tooltip does not say whether it is on or off by default")
-    elif isinstance(kind, (list, tuple)) and "default" in options:
+    elif combo_options(kind, options) is not None and "default" in options:
         # A combo without a declared default lists files; its first entry is whatever is on disk.
         if not (says_default and str(options["default"]).lower() in tip.lower()):
             problems.append(f"{name}: tooltip does not name the default {options['default']!r}")
@@ -113,8 +150,8 @@ def node_problems(cls: type) -> list[str]:
 @pytest.mark.parametrize("node_id", sorted(CONTRACT))
 def test_node_explains_itself_in_the_ui(pack, node_id):
     """Menu, description, named and described outputs, tooltips giving defaults and ranges."""
-    assert set(pack.NODE_CLASS_MAPPINGS) == set(CONTRACT), "a node without a CONTRACT entry is not checked"
-    problems = node_problems(pack.NODE_CLASS_MAPPINGS[node_id])
+    assert set(pack.nodes.NODE_CLASS_MAPPINGS) == set(CONTRACT), "a node without a CONTRACT entry is not checked"
+    problems = node_problems(pack.nodes.NODE_CLASS_MAPPINGS[node_id])
     assert not problems, f"{node_id}:\n  " + "\n  ".join(problems)
 
 
@@ -152,11 +189,11 @@ def test_load_reports_bad_and_missing_files(pack, perfusion_folder):
     bad = os.path.join(perfusion_folder, "garbage.safetensors")
     with open(bad, "wb") as f:
         f.write(b"\x80\x04this is a pickle, not a concept")
-    node = pack.NODE_CLASS_MAPPINGS["LoadPerfusionConcept"]()
+    load = pack.nodes.nodes_concept.load_concept_file
     with pytest.raises(ConceptError, match="garbage.safetensors"):
-        node.load("garbage.safetensors")
+        load("garbage.safetensors")
     with pytest.raises(FileNotFoundError):
-        node.load("no_such_concept.safetensors")
+        load("no_such_concept.safetensors")
     os.remove(bad)
 
 
@@ -168,7 +205,8 @@ def test_statistics_cache_is_not_offered_as_a_concept(pack, perfusion_folder):
         with open(os.path.join(perfusion_folder, name), "wb") as f:
             f.write(b"0")
     try:
-        choices = pack.NODE_CLASS_MAPPINGS["LoadPerfusionConcept"].INPUT_TYPES()["required"]["concept_name"][0]
+        kind, options = pack.nodes.NODE_CLASS_MAPPINGS["LoadPerfusionConcept"].INPUT_TYPES()["required"]["concept_name"]
+        choices = combo_options(kind, options)
         assert "mine.safetensors" in choices and not any(c.startswith("statistics") for c in choices)
     finally:
         for name in ("statistics/x.safetensors", "mine.safetensors"):

@@ -165,9 +165,8 @@ def teddy_images() -> torch.Tensor:
 def train(pack: Any, pipeline: tuple[Any, Any, Any], name: str) -> Any:
     """TrainPerfusion as ComfyUI runs it (inference mode), 2 steps at 64 px, seed 0."""
     model, clip, vae = pipeline
-    node = pack.nodes.nodes_train.TrainPerfusion()
     with torch.inference_mode():
-        return node.train(model, clip, vae, images=teddy_images(), trigger_word="zorb", superclass="teddy", steps=2,
+        return pack.nodes.nodes_train.train_perfusion(model, clip, vae, images=teddy_images(), trigger_word="zorb", superclass="teddy", steps=2,
                           batch_size=2, grad_accumulation=1, lr_values=0.03, lr_embedding=0.006, train_beta=0.75,
                           train_tau=0.1, seed=0, resolution=64, timestep_sets=1, gradient_checkpointing=False,
                           mask_source="none", checkpoint_every=0, output_name=name,

@@ -3,6 +3,7 @@ validation runs, and the minimum ComfyUI version the pack declares and enforces.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 import re
@@ -123,7 +124,12 @@ def test_the_tested_host_passes(pack) -> None:
     found = host_comfyui_version()
     assert found is not None and parse_version(found) >= parse_version(MIN_COMFYUI_VERSION)
     assert comfyui_version_problem(found) is None
-    assert "ApplyKeyLockedEdit" in pack.NODE_CLASS_MAPPINGS
+    # V3 registration: ComfyUI calls comfy_entrypoint only when the module has no NODE_CLASS_MAPPINGS.
+    assert not hasattr(pack, "NODE_CLASS_MAPPINGS")
+    extension = asyncio.run(pack.comfy_entrypoint())
+    nodes = asyncio.run(extension.get_node_list())
+    assert {node.GET_SCHEMA().node_id for node in nodes} == set(pack.nodes.NODE_CLASS_MAPPINGS)
+    assert "ApplyKeyLockedEdit" in pack.nodes.NODE_CLASS_MAPPINGS
 
 
 def test_too_old_host_gets_a_clear_error_and_no_nodes(monkeypatch, caplog) -> None:
@@ -133,10 +139,24 @@ def test_too_old_host_gets_a_clear_error_and_no_nodes(monkeypatch, caplog) -> No
     spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, name, module)
+    path_before = list(sys.path)
     with caplog.at_level(logging.ERROR):
         spec.loader.exec_module(module)
-    assert module.NODE_CLASS_MAPPINGS == {} and module.NODE_DISPLAY_NAME_MAPPINGS == {}
+    assert sys.path == path_before
+    assert module.NODE_CLASS_MAPPINGS == {} and not hasattr(module, "comfy_entrypoint")
     assert f"{name}.nodes" not in sys.modules  # the node modules were not even imported
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any("ComfyUI 0.3.40 is too old" in m and f"needs ComfyUI {MIN_COMFYUI_VERSION} or newer" in m
                for m in errors), errors
+
+
+def test_the_pack_imports_itself_relatively() -> None:
+    """What ComfyUI imports (the root package, nodes/, perfusion_core/) never edits sys.path and
+    never imports its own folders by absolute name: another pack's ``import tools`` or
+    ``import perfusion_core`` must not get ours."""
+    runtime = [REPO / "__init__.py", *sorted((REPO / "nodes").glob("*.py")), *sorted((REPO / "perfusion_core").glob("*.py"))]
+    absolute = re.compile(r"^\s*(from|import)\s+(perfusion_core|tools|world|bench)\b", re.MULTILINE)
+    for path in runtime:
+        text = path.read_text(encoding="utf-8")
+        assert "sys.path" not in text, path.name
+        assert not absolute.search(text), f"{path.relative_to(REPO)}: {absolute.search(text).group(0).strip()}"

@@ -48,9 +48,8 @@ def train(pack, pipeline, model=None, inference_mode: bool = True, **overrides):
                   checkpoint_every=0, output_name="test_concept", statistics_captions=STATS_CAPTIONS,
                   preview_every=0)
     kwargs.update(overrides)
-    node = pack.nodes.nodes_train.TrainPerfusion()
     with torch.inference_mode(inference_mode):
-        return node.train(model or base_model, clip, vae, **kwargs)["result"]
+        return pack.nodes.nodes_train.train_perfusion(model or base_model, clip, vae, **kwargs)["result"]
 
 
 def perfusion_path(name: str) -> str:
@@ -180,8 +179,8 @@ def denoising_loss(model, clip, vae, prompt: str, images: torch.Tensor, draws: i
 
 def gated(pack, pipeline, concept, beta=0.75, tau=0.1, lock="local"):
     model, clip, _ = pipeline
-    gate = pack.nodes.nodes_concept.ConceptGate().gate(concept, beta, tau, 1.0, 0.0, 1.0, lock)[0]
-    return pack.nodes.nodes_apply.ApplyKeyLockedEdit().apply(model, clip, gate)
+    gate = pack.nodes.nodes_concept.gate_concept(concept, beta, tau, 1.0, 0.0, 1.0, lock)
+    return pack.nodes.nodes_apply.apply_edit(model, clip, gate)
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +269,7 @@ def test_textual_inversion_trains_the_embedding_alone(pack, pipeline):
     superclass = pack.nodes.training.word_embeddings(clip, "teddy")
     assert all(not torch.equal(ti.embeddings[k], superclass[k].float()) for k in superclass)
     assert (ti.gate.strength, ti.training["kind"]) == (0.0, "textual inversion")
-    pmodel, pclip = pack.nodes.nodes_apply.ApplyKeyLockedEdit().apply(model, clip, ti)
+    pmodel, pclip = pack.nodes.nodes_apply.apply_edit(model, clip, ti)
     cond = pclip.encode_from_tokens(pclip.tokenize("a photo of a zorb"))
     assert not torch.equal(cond, clip.encode_from_tokens(clip.tokenize("a photo of a zorb")))
     layer = next(iter(host_model.cross_attention_layers(model)))
