@@ -14,6 +14,7 @@ from ..perfusion_core.concept import LOCK_MODES, Concept, ConceptError
 from ..perfusion_core.concept_file import MAX_FILE_BYTES, load_concept, save_concept, unique_path
 
 from . import folders
+from .choices import choice_problem, validate_choices
 
 # The socket type workflows store on every concept link: part of the public contract.
 CONCEPT = "PERFUSION_CONCEPT"
@@ -26,7 +27,11 @@ MAX_NAME_CHARS = folders.MAX_NAME_CHARS
 
 
 def load_concept_file(concept_name: str) -> Concept:
-    """The concept named in the models/perfusion list."""
+    """The concept named in the models/perfusion list (a name the list does not offer is refused,
+    whatever the file system would make of it: '../checkpoints/x')."""
+    problem = choice_problem("concept_name", concept_name, folders.concept_files())
+    if problem:
+        raise ConceptError(f"LoadPerfusionConcept: {problem}")
     return load_concept(folder_paths.get_full_path_or_raise(folders.FOLDER, concept_name))
 
 
@@ -42,6 +47,10 @@ class LoadPerfusionConcept(io.ComfyNode):
             outputs=[ConceptSocket.Output("concept", display_name="concept", tooltip=(
                 "The concept with its stored gate defaults; feed ConceptGate or ApplyKeyLockedEdit."))],
         )
+
+    @classmethod
+    def validate_inputs(cls, concept_name: str | None = None) -> bool | str:
+        return validate_choices(concept_name=(concept_name, folders.concept_files()))
 
     @classmethod
     def fingerprint_inputs(cls, concept_name: str) -> str:
@@ -102,6 +111,10 @@ class ConceptGate(io.ComfyNode):
             outputs=[ConceptSocket.Output("gated_concept", display_name="concept",
                                           tooltip="The same concept with these inference settings.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, lock_mode: str | None = None) -> bool | str:
+        return validate_choices(lock_mode=(lock_mode, [FROM_CONCEPT, *LOCK_MODES]))
 
     @classmethod
     def execute(cls, concept: Concept, beta: float, tau: float, strength: float, start_percent: float,

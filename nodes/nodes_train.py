@@ -19,6 +19,7 @@ from ..perfusion_core.training import TrainingError, TrainingSettings, parse_cap
 from ..perfusion_core.training_state import TrainingStateError, read_training_state
 
 from . import folders
+from .choices import validate_choices
 from .attention_masks import superclass_masks
 from .nodes_concept import CATEGORY, ConceptSocket
 from .training import PerfusionTrainer, Previews, prepare_data, run_files
@@ -163,6 +164,12 @@ class TrainPerfusion(io.ComfyNode):
             ],
             hidden=[io.Hidden.unique_id],
         )
+
+    @classmethod
+    def validate_inputs(cls, mask_source: str | None = None, what_to_train: str | None = None,
+                        resume_from: str | None = None) -> bool | str:
+        return validate_choices(mask_source=(mask_source, MASK_SOURCES), what_to_train=(what_to_train, WHAT_TO_TRAIN),
+                                resume_from=(resume_from, [NO_RESUME] + folders.training_checkpoints()))
 
     @classmethod
     def execute(cls, **inputs: Any) -> io.NodeOutput:

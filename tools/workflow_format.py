@@ -151,6 +151,15 @@ def input_specs(node_def: Mapping[str, Any]) -> list[InputSpec]:
     return specs
 
 
+def combo_choices(node_def: Mapping[str, Any], name: str) -> list[Any]:
+    """The choices a combo input offers, whether the node is classic (a list as the type) or V3
+    ("COMBO" with an ``options`` list)."""
+    spec = next((s for s in input_specs(node_def) if s.name == name), None)
+    if spec is None or spec.type != "COMBO":
+        raise KeyError(f"{node_def.get('name', '?')} has no combo input {name!r}")
+    return list(spec.options.get("options") or [])
+
+
 def widget_slots(node_def: Mapping[str, Any]) -> list[WidgetSlot]:
     """The positional layout of ``widgets_values`` for a node definition."""
     slots: list[WidgetSlot] = []

@@ -30,6 +30,7 @@ from corpus_cases import CASES, CORPUS_DIR, Bait, Case, GoodFile
 from tools.comfy_server import ComfyServer, PromptExecutionError, PromptValidationError
 from tools.demo import install_file, install_training_images
 from tools.random_models import cached_checkpoint
+from tools.workflow_format import combo_choices
 
 TIMEOUT = 300.0
 # Python's generic exceptions: a node failing with one of these is a crash, not a checked input.
@@ -138,10 +139,10 @@ def test_pickle_bait_really_runs_when_unpickled(tmp_path: Path) -> None:
 def test_corrupt_files_are_listed_for_the_loader(lab: Lab) -> None:
     """ComfyUI rescans models/perfusion: the dropdown offers every file the test wrote."""
     info = lab.server.object_info("LoadPerfusionConcept")["LoadPerfusionConcept"]
-    listed = set(info["input"]["required"]["concept_name"][0])
+    listed = set(combo_choices(info, "concept_name"))
     expected = {c.path for c in CASES if c.writer is not None and c.path.startswith(CORPUS_DIR + "/")}
     assert expected <= listed, sorted(expected - listed)
-    resumable = lab.server.object_info("TrainPerfusion")["TrainPerfusion"]["input"]["required"]["resume_from"][0]
+    resumable = combo_choices(lab.server.object_info("TrainPerfusion")["TrainPerfusion"], "resume_from")
     assert {c.path for c in CASES if c.path.startswith("training/")} <= set(resumable)
 
 

@@ -30,7 +30,7 @@ from PIL import Image
 from perfusion_core.concept_file import load_concept
 from tools import make_workflows as wf
 from tools.comfy_server import ComfyServer
-from tools.workflow_format import widget_value_problems
+from tools.workflow_format import combo_choices, widget_value_problems
 from tools.demo_models import QUICK_STATISTICS_CAPTIONS, install_demo_models
 
 REPO = Path(__file__).resolve().parents[2]
@@ -147,7 +147,7 @@ def check_make_demo_concepts(server: ComfyServer, object_info: dict[str, Any], c
     stats = list((concepts["dir"] / "statistics").glob("*.safetensors"))
     assert len(stats) == 1, "both word edits must share one cached estimate of C"
     # The new files are listed for LoadPerfusionConcept without a restart.
-    listed = server.object_info("LoadPerfusionConcept")["LoadPerfusionConcept"]["input"]["required"]["concept_name"][0]
+    listed = combo_choices(server.object_info("LoadPerfusionConcept")["LoadPerfusionConcept"], "concept_name")
     assert set(expected) <= set(listed)
 
 

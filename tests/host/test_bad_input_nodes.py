@@ -120,3 +120,23 @@ def test_concept_file_replaced_with_same_size_and_mtime_is_noticed(pack, cat, pe
     os.replace(other, path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert node.LoadPerfusionConcept.fingerprint_inputs("same_stat.safetensors") != first
+
+
+def test_combo_values_are_checked_before_anything_runs(pack, cat, perfusion_folder) -> None:
+    """V3 combos are not checked by ComfyUI 0.3.75 itself: each node's validate_inputs refuses a value
+    it does not offer, in the host's words, and the loader refuses a name outside its list."""
+    nodes = pack.nodes
+    assert nodes.nodes_concept.ConceptGate.validate_inputs(lock_mode="local") is True
+    assert nodes.nodes_concept.ConceptGate.validate_inputs() is True  # linked: checked when it runs
+    assert nodes.nodes_concept.ConceptGate.validate_inputs(lock_mode="both").startswith(
+        "Value not in list: lock_mode: 'both' not in ['concept default', 'local', 'global', 'context']")
+    problem = nodes.nodes_train.TrainPerfusion.validate_inputs(mask_source="bogus", resume_from="training/nope")
+    assert "mask_source: 'bogus'" in problem and "resume_from: 'training/nope'" in problem
+    assert nodes.nodes_train.TrainPerfusion.validate_inputs(mask_source="none", what_to_train=nodes.nodes_train.TRAIN_PERFUSION,
+                                                            resume_from="none") is True
+    name = os.path.basename(nodes.nodes_concept.save_concept_file(cat, "listed"))
+    assert nodes.nodes_concept.LoadPerfusionConcept.validate_inputs(concept_name=name) is True
+    outside = "../checkpoints/model.safetensors"
+    assert "concept_name: '../checkpoints/" in nodes.nodes_concept.LoadPerfusionConcept.validate_inputs(concept_name=outside)
+    with pytest.raises(ConceptError, match=r"^LoadPerfusionConcept: Value not in list: concept_name: '\.\./checkpoints/"):
+        nodes.nodes_concept.load_concept_file(outside)

@@ -192,7 +192,7 @@ def test_load_reports_bad_and_missing_files(pack, perfusion_folder):
     load = pack.nodes.nodes_concept.load_concept_file
     with pytest.raises(ConceptError, match="garbage.safetensors"):
         load("garbage.safetensors")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ConceptError, match="Value not in list: concept_name: 'no_such_concept.safetensors'"):
         load("no_such_concept.safetensors")
     os.remove(bad)
 
