@@ -35,7 +35,7 @@ from tools.demo_models import QUICK_STATISTICS_CAPTIONS, install_demo_models
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_CAPTIONS = QUICK_STATISTICS_CAPTIONS
-TIMEOUT = 600.0
+TIMEOUT = 1800.0  # per prompt: a guard against hangs; a training prompt took over 600 s on a loaded 2-core machine
 HOOK_LINE = re.compile(r"Perfusion: (\d+) concept\(s\) \[([^\]]*)\] on (\d+) cross-attention layers "
                        r"\((\d+) K/V projections hooked\)")
 TINY_SD1_LAYERS = 7
