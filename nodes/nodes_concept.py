@@ -21,6 +21,7 @@ CONCEPT = "PERFUSION_CONCEPT"
 ConceptSocket = io.Custom(CONCEPT)
 CATEGORY = "perfusion"
 FROM_CONCEPT = "concept default"
+LOCK_CHOICES = (FROM_CONCEPT, *LOCK_MODES)
 GATE_NODE = "ConceptGate"
 SAVE_NODE = "SavePerfusionConcept"
 MAX_NAME_CHARS = folders.MAX_NAME_CHARS
@@ -100,7 +101,7 @@ class ConceptGate(io.ComfyNode):
                     "Denoising progress (0 = first step, 1 = last) at which the concept starts acting. Default 0.")),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, tooltip=(
                     "Denoising progress (0 = first step, 1 = last) after which the concept stops acting. Default 1.")),
-                io.Combo.Input("lock_mode", options=[FROM_CONCEPT, *LOCK_MODES], default=FROM_CONCEPT, tooltip=(
+                io.Combo.Input("lock_mode", options=list(LOCK_CHOICES), default=FROM_CONCEPT, tooltip=(
                     "local: keys of the trigger are locked to the superclass's keys. global: the whole "
                     "prompt's keys come from the prompt with the superclass word (richer scenes, more "
                     "variation; use a lower beta). context: only the trigger's keys come from that prompt, "
@@ -114,7 +115,7 @@ class ConceptGate(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, lock_mode: str | None = None) -> bool | str:
-        return validate_choices(lock_mode=(lock_mode, [FROM_CONCEPT, *LOCK_MODES]))
+        return validate_choices(lock_mode=(lock_mode, LOCK_CHOICES))
 
     @classmethod
     def execute(cls, concept: Concept, beta: float, tau: float, strength: float, start_percent: float,

@@ -121,7 +121,7 @@ class TrainPerfusion(io.ComfyNode):
                 io.Int.Input("statistics_captions", default=20000, min=100, max=200000, step=100, tooltip=(
                     "Built-in captions for the text-encoder statistics C (100 to 200000, default "
                     "20000; computed once per CLIP, cached in models/perfusion/statistics).")),
-                io.Combo.Input("resume_from", options=[NO_RESUME] + folders.training_checkpoints(),
+                io.Combo.Input("resume_from", options=resume_choices(),
                                default=NO_RESUME, tooltip=(
                     "Continue a cancelled or finished run from its checkpoint in "
                     "models/perfusion/training (same inputs; steps may grow). Default 'none': a new run.")),
@@ -169,12 +169,17 @@ class TrainPerfusion(io.ComfyNode):
     def validate_inputs(cls, mask_source: str | None = None, what_to_train: str | None = None,
                         resume_from: str | None = None) -> bool | str:
         return validate_choices(mask_source=(mask_source, MASK_SOURCES), what_to_train=(what_to_train, WHAT_TO_TRAIN),
-                                resume_from=(resume_from, [NO_RESUME] + folders.training_checkpoints()))
+                                resume_from=(resume_from, resume_choices()))
 
     @classmethod
     def execute(cls, **inputs: Any) -> io.NodeOutput:
         trained = train_perfusion(**inputs, unique_id=cls.hidden.unique_id if cls.hidden is not None else None)
         return io.NodeOutput(*trained["result"], ui=trained["ui"])
+
+
+def resume_choices() -> list[str]:
+    """What resume_from offers: a new run, or a checkpoint in models/perfusion/training."""
+    return [NO_RESUME] + folders.training_checkpoints()
 
 
 def train_perfusion(model: Any, clip: Any, vae: Any, images: torch.Tensor, trigger_word: str, superclass: str,
