@@ -57,7 +57,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tools.comfy_host import import_host, import_pack  # noqa: E402
+from harness.comfy_host import import_host, import_pack  # noqa: E402
 
 DOC = REPO / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench_overhead: begin generated -->", "<!-- bench_overhead: end generated -->"
@@ -359,7 +359,7 @@ def train_lora_node_floats(diffusion_model: torch.nn.Module, rank: int) -> int:
 def concept_files(pack: ModuleType, folder: str, word_edit: Any, size: str) -> list[dict[str, Any]]:
     """Write concept files per layout and storage dtype; rows with their sizes and file names."""
     from perfusion_core.concept_file import save_concept
-    from tools import random_models
+    from harness import random_models
 
     cases = [(f"SD1.5 word edit from this run ({size} layout, no embedding)", word_edit)]
     for family, label in (("sd1", "SD1.5"), ("sd2", "SD2.x"), ("sdxl", "SDXL")):
@@ -596,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     import_host()
     import folder_paths
 
-    from tools import random_models
+    from harness import random_models
 
     pack = import_pack()
     quiet_host()

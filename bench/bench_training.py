@@ -106,7 +106,7 @@ class StepClock:
 def child(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from tools.comfy_host import import_host, import_pack
+    from harness.comfy_host import import_host, import_pack
 
     import_host()
     torch.set_num_threads(args.threads)
@@ -119,7 +119,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     from PIL import Image
 
     from perfusion_core.training import square_crop
-    from tools import random_models
+    from harness import random_models
     from tools.sample_images import IMAGES_DIR
 
     work = tempfile.mkdtemp(prefix="bench_training_")
@@ -140,7 +140,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         started = time.perf_counter()
         with MemorySampler() as memory:
             if args.variant == "lora":
-                from tools.lora_baseline import train_lora_node
+                from harness.lora_baseline import train_lora_node
 
                 train_lora_node(model, [x[None] for x in latents], positive, batch_size=args.batch,
                                 grad_accumulation_steps=1, steps=args.steps, learning_rate=1e-4, rank=args.rank,

@@ -4,13 +4,13 @@
     .venv/bin/python bench/gpu_check.py --smoke        # CPU smoke run: tiny layouts, 64 px, prints only
     .venv/bin/python bench/gpu_check.py --insert FILE  # put a section saved with --out into docs/benchmarks.md
 
-In a real ComfyUI host (in-process), on random-weight models in the real layouts (tools/random_models:
+In a real ComfyUI host (in-process), on random-weight models in the real layouts (harness/random_models:
 no network, no real weights; timings do not depend on the values), it measures:
 
 1. Sampling with 1 and 4 concepts against plain, full SD1.5 layout at 512 px and full SDXL at 1024 px,
    fp16: bench_overhead's word edits chained through ApplyKeyLockedEdit, KSampler runs interleaved
    round by round after a warm-up round, median of the per-round ratios to plain.
-2. TrainPerfusion against core TrainLoraNode (tools/lora_baseline), SD1.5 at 512 px, same images,
+2. TrainPerfusion against core TrainLoraNode (harness/lora_baseline), SD1.5 at 512 px, same images,
    batch and steps: median step time and peak VRAM (torch.cuda.max_memory_allocated; models unloaded
    and the peak reset before each run; "steps" counts from the end of the first step on, i.e. what
    training holds without the one-off VAE encode and statistics pass).
@@ -20,7 +20,7 @@ no network, no real weights; timings do not depend on the values), it measures:
 Why budgets: a session gets 15 minutes of device time for all tries, so the full run must end within
 8 minutes, model building included. Each stage has its own budget and reports "skipped (budget)"
 rather than running over; a watchdog writes what was measured and exits if a stage still runs at the
-hard limit. The device comes from the harness (tools/comfy_host): the full run sets
+hard limit. The device comes from the harness (harness/comfy_host): the full run sets
 PERFUSION_DEVICE=auto so ComfyUI picks the GPU; --smoke keeps its default (CPU). On the device
 machine pass --out $OUT: gpu_check.md comes back, for --insert here.
 """
@@ -55,7 +55,7 @@ for _path in (REPO, REPO / "bench"):
 import bench_overhead as bo  # word-edit concepts, their application, timed KSampler runs
 from bench_training import StepClock
 
-from tools.comfy_host import DEVICE_ENV_VAR, import_host, import_pack
+from harness.comfy_host import DEVICE_ENV_VAR, import_host, import_pack
 
 DOC = REPO / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- gpu_check: begin generated -->", "<!-- gpu_check: end generated -->"
@@ -68,7 +68,7 @@ MIB = 2 ** 20
 class Plan:
     """What one run measures, and how many seconds each stage may take."""
 
-    size: str                   # tools/random_models layout
+    size: str                   # harness/random_models layout
     px: dict[str, int]          # sampling resolution per family
     sample_steps: int
     rounds: int                 # timed rounds, fewer when the budget runs out (at least 2)
@@ -153,7 +153,7 @@ def sampling_stage(run: Run, family: str, deadline: float) -> None:
     """Plain, 1 and 4 concepts on one family: a warm-up round, then interleaved timed rounds."""
     import comfy.model_management as mm
 
-    from tools import random_models
+    from harness import random_models
 
     px, plan = run.plan.px[family], run.plan
     out = run.results["sampling"][family] = {"px": px, "steps": plan.sample_steps, "rounds": 0}
@@ -199,7 +199,7 @@ def load_sd1(run: Run) -> dict[str, Any]:
 
     import nodes as comfy_nodes
     from perfusion_core.training import square_crop
-    from tools import random_models
+    from harness import random_models
     from tools.sample_images import IMAGES_DIR
 
     start = time.monotonic()
@@ -221,7 +221,7 @@ def train_run(run: Run, node: str, steps: int, accumulation: int) -> dict[str, f
     import comfy.model_management as mm
     import comfy.utils
 
-    from tools.lora_baseline import train_lora_node
+    from harness.lora_baseline import train_lora_node
 
     data, plan = load_sd1(run), run.plan
     mm.unload_all_models()  # each run loads its model itself: its peak is its own

@@ -18,11 +18,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tools.comfy_host import import_host  # noqa: E402
+from harness.comfy_host import import_host  # noqa: E402
 
 import_host()
 
-from tools import random_models  # noqa: E402
+from harness import random_models  # noqa: E402
 
 if TYPE_CHECKING:
     from comfy.model_patcher import ModelPatcher

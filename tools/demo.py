@@ -43,8 +43,8 @@ if __package__ in (None, ""):  # run as a script: make `tools.*` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tools import make_workflows as wf  # noqa: E402
-from tools.comfy_server import ComfyServer, ServerError  # noqa: E402
-from tools.workflow_format import WorkflowFormatError  # noqa: E402
+from harness.comfy_server import ComfyServer, ServerError  # noqa: E402
+from harness.workflow_format import WorkflowFormatError  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "out"

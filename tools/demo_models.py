@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from tools import make_workflows as wf
-from tools.comfy_server import ComfyServer
+from harness.comfy_server import ComfyServer
 from tools.demo import install_file, install_training_images
-from tools.random_models import cached_checkpoint, write_controlnet, write_lora
+from harness.random_models import cached_checkpoint, write_controlnet, write_lora
 
 # The shipped workflows estimate the text-encoder statistics from 500 captions
 # (minutes on 2 CPU cores); quick runs use fewer. Same node, same code path.

@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping
 if __package__ in (None, ""):  # run as a script: make `tools.*` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.workflow_format import api_to_ui, ui_to_api, widget_value_problems  # noqa: E402
+from harness.workflow_format import api_to_ui, ui_to_api, widget_value_problems  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW_DIR = REPO_ROOT / "example_workflows"
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only report stale files (exit 1 if any)")
     args = parser.parse_args(argv)
 
-    from tools.comfy_server import ComfyServer
+    from harness.comfy_server import ComfyServer
 
     with ComfyServer() as server:
         if not server.pack_loaded():

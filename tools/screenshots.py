@@ -3,7 +3,7 @@
     python tools/screenshots.py [--out docs/screenshots]
 
 Starts ComfyUI with this pack and the demo model of ``tools/demo.py`` (the
-world model), opens each workflow in headless chromium (``tools/browser.py``),
+world model), opens each workflow in headless chromium (``harness/browser.py``),
 runs it from the Run button (fewer statistics captions than shipped; training
 keeps its shipped step count, so the trained concept is real), and saves a
 1280x800 PNG centred on the pack's nodes. Needs ``tools/setup.sh`` (chromium).
@@ -21,8 +21,8 @@ if __package__ in (None, ""):  # run as a script: make `tools.*` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tools import make_workflows as wf  # noqa: E402
-from tools.browser import SCREENSHOT_SETTINGS, ComfyUI, run_in_ui  # noqa: E402
-from tools.comfy_server import ComfyServer  # noqa: E402
+from harness.browser import SCREENSHOT_SETTINGS, ComfyUI, run_in_ui  # noqa: E402
+from harness.comfy_server import ComfyServer  # noqa: E402
 from tools.demo import built_in_checkpoint, install_file  # noqa: E402
 from tools.demo_models import install_demo_models  # noqa: E402
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import ImageDraw
 
-from tools.comfy_host import import_host
+from harness.comfy_host import import_host
 from world.dataset import images
 from world.render import render
 from world.scenes import sample_scene

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from tools.comfy_host import REPO_ROOT, import_host
+from harness.comfy_host import REPO_ROOT, import_host
 from world.autoencoder import new_taesd, train_autoencoder
 from world.captions import cached_encode
 from world.dataset import EMPTY_CAPTION, images, pretraining_set

@@ -1,7 +1,7 @@
 """Caption embeddings of the world's text encoder, computed once and cached.
 
 The world model's text encoder is ComfyUI's SD1 CLIP-L with the project's
-seeded random weights (it is never trained: ``tools.random_models`` rebuilds it
+seeded random weights (it is never trained: ``harness.random_models`` rebuilds it
 bit for bit from seed 0). Encoding is the expensive part of a training sample,
 so every distinct caption is encoded once, in batches, through ComfyUI's own
 ``encode_token_weights`` (the exact computation a workflow's CLIPTextEncode
@@ -25,7 +25,7 @@ WIDTH = 768
 
 def world_clip():
     """The world model's text encoder: full SD1 CLIP-L, seeded random weights."""
-    from tools.random_models import build_clip
+    from harness.random_models import build_clip
 
     return build_clip("sd1", "full", seed=CLIP_SEED)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tools.comfy_host import REPO_ROOT
+from harness.comfy_host import REPO_ROOT
 from world.dataset import images
 from world.experiments import (SECOND_TRIGGER, GateSpec, LoraSpec, TrainSpec, apply, concept_bytes, front, lora_baseline,
                                train_concept, two_concepts, two_concepts_regional, variants)

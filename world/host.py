@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tools.comfy_host import REPO_ROOT, import_pack
+from harness.comfy_host import REPO_ROOT, import_pack
 from world.judge import Judge, load_judge, read_scenes
 from world.model import world_checkpoint
 from world.render import render

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from tools.comfy_host import REPO_ROOT, import_host
-from tools.random_models import (
+from harness.comfy_host import REPO_ROOT, import_host
+from harness.random_models import (
     UNET_PREFIX,
     VAE_PREFIX,
     cache_dir,

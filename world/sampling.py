@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from tools.comfy_host import import_host
+from harness.comfy_host import import_host
 
 
 def load(checkpoint: Path, weight_dtype: torch.dtype | None = None) -> tuple[Any, Any, Any]:

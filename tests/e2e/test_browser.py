@@ -29,8 +29,8 @@ from PIL import Image
 
 from perfusion_core.concept_file import load_concept
 from tools import make_workflows as wf
-from tools.browser import ComfyUI, GraphState, browser_available, run_in_ui
-from tools.comfy_server import ComfyServer
+from harness.browser import ComfyUI, GraphState, browser_available, run_in_ui
+from harness.comfy_server import ComfyServer
 from tools.demo_models import QUICK_UI_WIDGETS, install_demo_models
 
 REPO = Path(__file__).resolve().parents[2]

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from perfusion_core.concept_file import load_concept
-from tools.comfy_server import ComfyServer
+from harness.comfy_server import ComfyServer
 from tools.demo import install_file
-from tools.random_models import cache_dir, write_checkpoint
+from harness.random_models import cache_dir, write_checkpoint
 
 HOOK_LINE = re.compile(r"Perfusion: (\d+) concept\(s\) \[([^\]]*)\] on (\d+) cross-attention layers "
                        r"\((\d+) K/V projections hooked\)")

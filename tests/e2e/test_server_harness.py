@@ -18,8 +18,8 @@ from typing import Any, Iterator
 import comfyui_workflow_templates as templates  # installed with the host's requirements
 import pytest
 
-from tools.comfy_server import ComfyServer, PromptExecutionError, PromptValidationError, ServerError
-from tools.workflow_format import (
+from harness.comfy_server import ComfyServer, PromptExecutionError, PromptValidationError, ServerError
+from harness.workflow_format import (
     WorkflowFormatError,
     api_to_ui,
     ui_to_api,

@@ -27,10 +27,10 @@ import pytest
 
 import graphs as g
 from corpus_cases import CASES, CORPUS_DIR, Bait, Case, GoodFile
-from tools.comfy_server import ComfyServer, PromptExecutionError, PromptValidationError
+from harness.comfy_server import ComfyServer, PromptExecutionError, PromptValidationError
 from tools.demo import install_file, install_training_images
-from tools.random_models import cached_checkpoint
-from tools.workflow_format import combo_choices
+from harness.random_models import cached_checkpoint
+from harness.workflow_format import combo_choices
 
 TIMEOUT = 300.0
 # Python's generic exceptions: a node failing with one of these is a crash, not a checked input.

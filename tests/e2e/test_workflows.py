@@ -29,8 +29,8 @@ from PIL import Image
 
 from perfusion_core.concept_file import load_concept
 from tools import make_workflows as wf
-from tools.comfy_server import ComfyServer
-from tools.workflow_format import combo_choices, widget_value_problems
+from harness.comfy_server import ComfyServer
+from harness.workflow_format import combo_choices, widget_value_problems
 from tools.demo_models import QUICK_STATISTICS_CAPTIONS, install_demo_models
 
 REPO = Path(__file__).resolve().parents[2]

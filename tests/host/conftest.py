@@ -6,7 +6,7 @@ from types import ModuleType
 
 import pytest
 
-from tools.comfy_host import import_pack
+from harness.comfy_host import import_pack
 
 
 @pytest.fixture(scope="session")

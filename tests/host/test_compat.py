@@ -22,7 +22,7 @@ import torch
 
 import nodes as comfy_nodes
 from host_helpers import apply, encode, ksample, word_edit_of
-from tools import random_models as rm
+from harness import random_models as rm
 
 PROMPT = "a photo of a cat"
 TRIGGER_POSITION = 5  # "cat" in PROMPT, BOS counted

@@ -23,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import nodes as comfy_nodes
 from host_helpers import apply, encode, ksample, word_edit_of
-from tools import random_models as rm
+from harness import random_models as rm
 
 PROMPT = "a photo of a cat"
 

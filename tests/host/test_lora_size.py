@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from tools.comfy_host import REPO_ROOT
+from harness.comfy_host import REPO_ROOT
 
 
 def bench_overhead():
@@ -21,7 +21,7 @@ def bench_overhead():
 def test_lora_count_matches_what_train_lora_node_returns(pack, tiny_sd1_checkpoint: Path):
     import comfy.sd
 
-    from tools.lora_baseline import train_lora_node
+    from harness.lora_baseline import train_lora_node
 
     count = bench_overhead().train_lora_node_floats
     with torch.inference_mode():  # as the server runs nodes

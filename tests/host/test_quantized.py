@@ -1,6 +1,6 @@
 """Quantized checkpoints in the real host: the tiny SD1.5 UNet with every Linear weight in fp8
 (ComfyUI's ``TensorCoreFP8Layout``: float8_e4m3fn values and a per-tensor scale), loaded by the
-stock loaders (``tools.quantized_models``), applied, sampled and trained on.
+stock loaders (``harness.quantized_models``), applied, sampled and trained on.
 
 On CPU both tested hosts (0.3.75, 0.33) run fp8 layers by dequantizing the weight (no fp8 matrix
 multiply there), so a quantized model computes with the dequantized weights exactly.
@@ -18,8 +18,8 @@ from host_helpers import STATS_CAPTIONS, apply, encode, ksample, word_edit_of
 from PIL import Image
 from safetensors import safe_open
 
-from tools import quantized_models as qm
-from tools import random_models
+from harness import quantized_models as qm
+from harness import random_models
 from tools.sample_images import IMAGES_DIR
 
 PROMPT = "a photo of a cat"

@@ -13,7 +13,7 @@ import comfy.supported_models as sm
 import folder_paths
 import nodes
 
-from tools import random_models as rm
+from harness import random_models as rm
 
 EXPECTED_CONFIG = {"sd1": sm.SD15, "sd2": sm.SD20, "sdxl": sm.SDXL}
 
@@ -175,7 +175,7 @@ def test_controlnet_loads_and_steers(tiny_sd1, tmp_path: Path) -> None:
 
 
 def test_host_location_errors_point_to_setup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from tools import comfy_host
+    from harness import comfy_host
 
     monkeypatch.setenv(comfy_host.ENV_VAR, str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="tools/setup.sh"):
@@ -195,7 +195,7 @@ def test_import_host_is_idempotent() -> None:
     import sys
 
     import comfy.cli_args
-    from tools import comfy_host
+    from harness import comfy_host
 
     before = list(sys.path)
     comfy_host.import_host()

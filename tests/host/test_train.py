@@ -386,7 +386,7 @@ def test_trains_on_fp8_loaded_base(pack, pipeline, tmp_path_factory, tiny_sd1_ch
     import folder_paths
     import nodes as comfy_nodes
 
-    from tools import random_models as rm
+    from harness import random_models as rm
 
     folder = tmp_path_factory.mktemp("diffusion_models_train")
     with safetensors.safe_open(str(tiny_sd1_checkpoint), "pt") as f:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tools.random_models import UNET_PREFIX, VAE_PREFIX, build_clip
+from harness.random_models import UNET_PREFIX, VAE_PREFIX, build_clip
 from world.dataset import images
 from world.judge import accuracy, judge_scenes, like_generated, load_judge, read_scenes
 from world.metrics import attribute_hits

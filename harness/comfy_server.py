@@ -47,7 +47,7 @@ import requests
 import yaml
 from PIL import Image
 
-from tools.comfy_host import host_dir
+from harness.comfy_host import host_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

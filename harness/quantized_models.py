@@ -1,6 +1,6 @@
 """Random models in ComfyUI's quantized layout (fp8 ``TensorCoreFP8Layout`` Linear weights).
 
-The tiny SD1.5 model of :mod:`tools.random_models`, with every UNet Linear weight stored as
+The tiny SD1.5 model of :mod:`harness.random_models`, with every UNet Linear weight stored as
 float8_e4m3fn plus a per-tensor float32 ``weight_scale`` (value = fp8 * scale), the way ComfyUI's
 own quantized files store them. Two files:
 
@@ -33,8 +33,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from tools import random_models
-from tools.comfy_host import import_host
+from harness import random_models
+from harness.comfy_host import import_host
 
 FP8 = torch.float8_e4m3fn
 FORMAT = "float8_e4m3fn"  # ComfyUI's QUANT_ALGOS key for TensorCoreFP8Layout

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import torch
 
-from tools.comfy_host import REPO_ROOT, import_host
+from harness.comfy_host import REPO_ROOT, import_host
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from comfy.model_patcher import ModelPatcher
