@@ -68,7 +68,6 @@ NEGATIVE = "blurry, low quality"
 TEMPLATE = "a photo of a {}"
 LIMITS = {"1 concept": 1.03, "4 concepts": 1.06}  # the issue's limits on time relative to plain
 LORA_RANK = 8  # the rank the evidence's LoRA baseline trains (docs/evidence.md)
-EMBEDDING_WIDTHS = {"l": 768, "h": 1024, "g": 1280}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -326,13 +325,13 @@ def apply_times(pack: ModuleType, model: Any, clip: Any, concepts: list[Any], re
 def synthetic_concept(family: str, layers: dict[str, int], context_dim: int, sets: int = 1) -> Any:
     """A concept with the shapes a trained one has (embeddings included); values are irrelevant here."""
     from perfusion_core.concept import Concept, TextEncoderId
-    from perfusion_core.concept_file import EMBEDDING_KEYS
+    from perfusion_core.families import family as family_spec
 
     vec = torch.randn(context_dim)
     return Concept(trigger="sks", superclass="cat", family=family, text_encoder=TextEncoderId("bench"),
                    i_star=vec, u=vec.clone(), i_super=torch.randn(context_dim),
                    v_targets={name: torch.randn(sets, width) for name, width in layers.items()},
-                   embeddings={k: torch.randn(EMBEDDING_WIDTHS[k]) for k in EMBEDDING_KEYS[family]},
+                   embeddings={k: torch.randn(w) for k, w in family_spec(family).embedding_widths.items()},
                    statistics="bench")
 
 

@@ -42,20 +42,21 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 import torch
 
 from harness.comfy_host import REPO_ROOT, import_host
+from perfusion_core.families import FAMILIES, MODEL_FAMILIES
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from comfy.model_patcher import ModelPatcher
-    from comfy.sd import CLIP
+    from comfy.sd import CLIP, VAE
 
-FAMILIES = ("sd1", "sd2", "sdxl")
 SIZES = ("tiny", "full")
 # Bump whenever the value rules below change: it is part of cached file names.
 FORMAT_VERSION = 3
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
-CONTEXT_DIM = {"sd1": 768, "sd2": 1024, "sdxl": 2048}
-CLIP_NAMES = {"sd1": ("clip_l",), "sd2": ("clip_h",), "sdxl": ("clip_l", "clip_g")}
+# What each family is comes from the pack's family table; only the random-weight layouts live here.
+CONTEXT_DIM = {f.name: f.context_dim for f in MODEL_FAMILIES}
+CLIP_NAMES = {f.name: tuple(f"clip_{key}" for key in f.embedding_widths) for f in MODEL_FAMILIES}
 # What ComfyUI's VAE loader uses to scale TAESD latents for each family.
 _TAESD_SCALE = {"sd1": 0.18215, "sd2": 0.18215, "sdxl": 0.13025}
 # In-process "tiny" text encoders: 3 layers is the minimum ComfyUI accepts for
@@ -462,6 +463,19 @@ def _vae_fixed(kind: str, family: str) -> dict[str, torch.Tensor]:
         VAE_PREFIX + "vae_shift": torch.tensor(0.0),
         VAE_PREFIX + "taesd_decoder.19.bias": torch.full((3,), 0.5),
     }
+
+
+def build_vae(family: str, seed: int = 0) -> "VAE":
+    """A real ``comfy.sd.VAE`` in the TAESD layout that tiny checkpoints carry, with the same
+    values as the VAE in :func:`write_checkpoint` files for this seed and the family's latent scale."""
+    _check(family, "tiny")
+    import_host()
+    import comfy.sd
+
+    fixed = _vae_fixed("taesd", family)
+    template = {key: t for key, t in _vae_template("taesd").items() if key not in fixed}
+    values = {**_fill(template, seed), **fixed}
+    return comfy.sd.VAE(sd={key[len(VAE_PREFIX):]: value for key, value in values.items()})
 
 
 def write_checkpoint(

@@ -22,8 +22,9 @@ from typing import Any, Callable
 
 import torch
 
-from ..perfusion_core.concept import SUPERCLASS_PROMPT_LOCKS, Concept, ConceptError
+from ..perfusion_core.concept import Concept, ConceptError
 from ..perfusion_core.concept_file import words_match
+from ..perfusion_core.lock_modes import lock_mode
 
 from .model_patch import K_CONTEXT_COND
 
@@ -208,7 +209,7 @@ def install(clip: Any, concepts: list[Concept], source: str) -> Any:
     entries = [e for e in previous if not any(words_match(e.trigger, c.trigger) for c in concepts)]
     for c in concepts:
         check_embeddings(c, sizes, source)
-        needs_superclass_prompt = c.gate.lock in SUPERCLASS_PROMPT_LOCKS
+        needs_superclass_prompt = lock_mode(c.gate.lock).superclass_prompt
         entries.append(TriggerEntry(c.trigger, c.superclass, dict(c.embeddings), needs_superclass_prompt))
     patched.tokenizer = TriggerTokenizer(base, entries)
     if any(e.superclass_prompt for e in entries):

@@ -7,52 +7,59 @@ from typing import Any
 import torch
 
 from ..perfusion_core.concept import ConceptError, TextEncoderId
-from ..perfusion_core.concept_file import FAMILY_NAMES  # noqa: F401  (re-exported for the nodes)
-
-ENCODER_NAMES = {"sd1": "clip-l", "sd2": "clip-h", "sdxl": "clip-l+clip-g"}
+from ..perfusion_core.families import MODEL_FAMILIES, ModelFamily, family, family_of_tokenizer_keys, supported_labels
 
 
 def model_family(model: Any) -> str:
-    """"sd1" | "sd2" | "sdxl" from the model's ComfyUI config class."""
+    """The family name ("sd1", "sd2", "sdxl", ...) of a MODEL, from its ComfyUI config class."""
     import comfy.supported_models as sm
 
     config = model.model.model_config
-    # Order matters: SD2 subclasses share ancestors with SD1 in some versions.
-    for family, classes in (("sdxl", ("SDXL", "SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B")),
-                            ("sd2", ("SD20", "SD21UnclipL", "SD21UnclipH", "SD_X4Upscaler")),
-                            ("sd1", ("SD15", "SD15_instructpix2pix"))):
-        if any(isinstance(config, getattr(sm, name)) for name in classes if hasattr(sm, name)):
-            return family
-    raise ConceptError(f"Perfusion supports SD1.x, SD2.x and SDXL models; this model is {type(config).__name__}")
+    for candidate in MODEL_FAMILIES:  # in the table's order: subclasses before their bases
+        if any(isinstance(config, getattr(sm, name)) for name in candidate.host_configs if hasattr(sm, name)):
+            return candidate.name
+    raise ConceptError(f"Perfusion supports {supported_labels()} models; this model is {type(config).__name__}")
 
 
 def family_of_clip(clip: Any) -> str:
-    """Family from the tokenizer keys: l -> sd1, h -> sd2, g+l -> sdxl."""
+    """The family name of a CLIP, from its tokenizer keys (l: SD1, h: SD2, g+l: SDXL)."""
     keys = set(clip.tokenizer.tokenize_with_weights(""))
-    for family, want in (("sdxl", {"g", "l"}), ("sd2", {"h"}), ("sd1", {"l"})):
-        if keys == want:
-            return family
-    raise ConceptError(f"Perfusion supports SD1.x, SD2.x and SDXL text encoders; this CLIP has {sorted(keys)}")
+    found = family_of_tokenizer_keys(keys)
+    if found is None:
+        raise ConceptError(f"Perfusion supports {supported_labels()} text encoders; this CLIP has {sorted(keys)}")
+    return found.name
 
 
 def cross_attention_layers(model: Any) -> dict[str, int]:
-    """{path under diffusion_model: d_out} for every cross-attention (attn2) with a text context."""
+    """{path under diffusion_model: d_out} for every cross-attention block with a text context."""
+    spec = model_spec(model)
     out = {}
     for name, module in model.model.diffusion_model.named_modules():
-        if name.endswith(".attn2") and hasattr(module, "to_k") and hasattr(module, "to_v"):
-            out[name] = int(module.to_v.weight.shape[0])
+        if name.rsplit(".", 1)[-1] == spec.cross_attention and hasattr(module, spec.key_projection) \
+                and hasattr(module, spec.value_projection):
+            out[name] = int(getattr(module, spec.value_projection).weight.shape[0])
     if not out:
         raise ConceptError(f"model {type(model.model).__name__} has no cross-attention layers to edit")
     return out
 
 
+def model_spec(model: Any) -> ModelFamily:
+    """The family table's entry for a MODEL."""
+    return family(model_family(model))
+
+
+def projection_path(spec: ModelFamily, layer: str, kind: str) -> str:
+    """Module path (under diffusion_model) of the key ("k") or value ("v") projection of ``layer``."""
+    return f"{layer}.{spec.key_projection if kind == 'k' else spec.value_projection}"
+
+
 def context_dim(model: Any) -> int:
     layer = next(iter(cross_attention_layers(model)))
-    return int(model.get_model_object(f"diffusion_model.{layer}.to_k").weight.shape[1])
+    return int(model.get_model_object(f"diffusion_model.{projection_path(model_spec(model), layer, 'k')}").weight.shape[1])
 
 
 def text_encoder_id(clip: Any) -> TextEncoderId:
-    return TextEncoderId(name=ENCODER_NAMES[family_of_clip(clip)], layer=clip.layer_idx)
+    return TextEncoderId(name=family(family_of_clip(clip)).encoder_id, layer=clip.layer_idx)
 
 
 def plain_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -74,4 +81,4 @@ def plain_weight(weight: torch.Tensor) -> torch.Tensor:
 
 def value_weight(model: Any, layer: str) -> torch.Tensor:
     """W_V of one layer as float32 (what is stored, before LoRA-style patches; dequantized)."""
-    return plain_weight(model.get_model_object(f"diffusion_model.{layer}.to_v").weight)
+    return plain_weight(model.get_model_object(f"diffusion_model.{projection_path(model_spec(model), layer, 'v')}").weight)

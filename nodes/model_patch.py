@@ -36,7 +36,10 @@ from einops import einsum
 from ..perfusion_core.concept import Concept
 from ..perfusion_core.edit import JointDirections, context_locked_keys, gate_values, gated_edit, joint_directions
 from ..perfusion_core.fused_edit import FusedEdit, fuse, fused_edit
+from ..perfusion_core.lock_modes import lock_mode
 from ..perfusion_core.schedule import interval_index, window_active
+
+from . import host_model
 
 PATCH_KEY = "perfusion"
 K_CONTEXT_COND = "perfusion_k_context"  # model cond: the superclass prompt's encoding (global, context lock)
@@ -97,10 +100,10 @@ class PerfusionRuntime:
         active = self.concepts
         self.n = len(active)
         # Read by every projection call: worked out here, once per (re)build.
-        locks = self.locks = [c.gate.lock for c in active]
-        self.uses_global_lock = "global" in locks
-        self.uses_context_lock = "context" in locks
-        self.all_context_locked = bool(locks) and set(locks) == {"context"}
+        modes = self.lock_modes = [lock_mode(c.gate.lock) for c in active]
+        self.swaps_k_input = any(m.k_reads_superclass_prompt for m in modes)
+        self.blends_keys = any(m.blends_superclass_keys for m in modes)
+        self.no_rank1_key_edit = bool(modes) and not any(m.rank1_key_edit for m in modes)
         self._cache: dict[tuple, Any] = {}
         if self.n:
             self.i_star = torch.stack([c.i_star for c in active])
@@ -109,7 +112,8 @@ class PerfusionRuntime:
             self.beta = torch.tensor([c.gate.beta for c in active])
             self.tau = torch.tensor([c.gate.tau for c in active])
             self.strength = torch.tensor([c.gate.strength for c in active])
-            self.context_lock = torch.tensor([c.gate.lock == "context" for c in active])
+            self.rank1_keys = torch.tensor([m.rank1_key_edit for m in modes])
+            self.blended_keys = torch.tensor([m.blends_superclass_keys for m in modes])
             self.sets = max(c.timestep_sets for c in active)
             self.unit_strength = all(c.gate.strength == 1.0 for c in active)
             self.joint_edit((True,) * self.n, torch.device("cpu"))  # a bad set of concepts fails here, not mid-sampling
@@ -130,7 +134,7 @@ class PerfusionRuntime:
             self._cache[key] = {
                 "i_star": i_star, "i_super": self.i_super.to(device),
                 "beta": self.beta.to(device), "tau": self.tau.to(device), "strength": self.strength.to(device),
-                "context_lock": self.context_lock.to(device),
+                "rank1_keys": self.rank1_keys.to(device), "blended_keys": self.blended_keys.to(device),
                 "anchors_v": i_star.to(dtype), "anchors_k": torch.cat([i_star, self.i_super.to(device)]).to(dtype),
             }
         return self._cache[key]
@@ -241,9 +245,9 @@ class PerfusionRuntime:
 class ProjectionHook:
     """Replaces ``forward`` of one cross-attention to_k or to_v."""
 
-    def __init__(self, runtime: PerfusionRuntime, layer: str, kind: str, base_forward: Callable) -> None:
-        self.runtime, self.layer, self.kind, self.base_forward = runtime, layer, kind, base_forward
-        self.path = f"{layer}.to_{kind}"
+    def __init__(self, runtime: PerfusionRuntime, layer: str, kind: str, path: str, base_forward: Callable) -> None:
+        """``kind``: "k" or "v"; ``path``: the projection's module path under diffusion_model."""
+        self.runtime, self.layer, self.kind, self.path, self.base_forward = runtime, layer, kind, path, base_forward
         # The module whose own forward ``base_forward`` is (None when it is another pack's patch,
         # which we cannot re-aim at a rebuilt model and call as it is).
         owner = getattr(base_forward, "__self__", None)
@@ -276,19 +280,19 @@ class ProjectionHook:
             targets = rt.value_targets(self.layer, x.device)  # (N, d_out), or (N, S, d_out)
             if targets.ndim == 3:
                 targets = targets[torch.arange(rt.n, device=x.device).unsqueeze(0), index]  # (B, N, d_out)
-        # Context lock without the superclass prompt (a cond from another CLIP, a call outside
-        # sampling): those concepts fall back to the local lock's W_K i_super.
-        superclass = _superclass_context(x) if self.kind == "k" and rt.uses_context_lock else None
+        # Keys blended towards the superclass prompt's, but no such prompt (a cond from another
+        # CLIP, a call outside sampling): those concepts fall back to the rank-1 edit to W_K i_super.
+        superclass = _superclass_context(x) if self.kind == "k" and rt.blends_keys else None
         if superclass is None:
             unit = step.unit if step else rt.unit_strength
             return fused_edit(base, x, fused, w_istar, targets, None if unit else scale)
         if targets.ndim == 2:
             targets = targets.unsqueeze(0).expand(batch, -1, -1)
-        in_context = consts["context_lock"].to(scale.dtype)  # (N,): these concepts make no rank-1 K edit
-        own = base if rt.all_context_locked else gated_edit(
-            base, x, directions, w_istar, targets, consts["beta"], consts["tau"], scale * (1 - in_context))
+        rank1, blended = consts["rank1_keys"].to(scale.dtype), consts["blended_keys"].to(scale.dtype)  # (N,)
+        own = base if rt.no_rank1_key_edit else gated_edit(
+            base, x, directions, w_istar, targets, consts["beta"], consts["tau"], scale * rank1)
         r = einsum(x.float(), directions.U, "b t d, d n -> b t n") / directions.energy
-        openness = einsum(gate_values(r, consts["beta"], consts["tau"]), scale * in_context, "b t n, b n -> b t")
+        openness = einsum(gate_values(r, consts["beta"], consts["tau"]), scale * blended, "b t n, b n -> b t")
         keys_of_superclass = base_forward(superclass, *args, **kwargs)
         return context_locked_keys(own, keys_of_superclass, openness)
 
@@ -306,7 +310,8 @@ class GlobalKeyContext:
         if k_context is None or context is None or value is None:
             return n, context, value
         step = self.runtime.step
-        if step is not None and not any(a and lock == "global" for a, lock in zip(step.concepts_active, self.runtime.locks)):
+        if step is not None and not any(a and mode.k_reads_superclass_prompt
+                                        for a, mode in zip(step.concepts_active, self.runtime.lock_modes)):
             return n, context, value
         k_context = k_context.to(device=context.device, dtype=context.dtype)
         if k_context.shape != context.shape:  # e.g. a ConditioningConcat after encoding: fall back to local
@@ -335,18 +340,23 @@ def _superclass_context(x: torch.Tensor) -> torch.Tensor | None:
     return pair[1] if pair is not None and pair[0] is x else None
 
 
-def find_runtime(model: Any, layers: list[str]) -> tuple[PerfusionRuntime | None, dict[str, Callable]]:
-    """The runtime already installed on ``model`` (if any) and the base forwards under its hooks."""
-    base: dict[str, Callable] = {}
+def projection_paths(model: Any, layers: list[str]) -> dict[tuple[str, str], str]:
+    """{(layer, "k" | "v"): module path under diffusion_model} of the projections the edit hooks."""
+    spec = host_model.model_spec(model)
+    return {(layer, kind): host_model.projection_path(spec, layer, kind) for layer in layers for kind in ("k", "v")}
+
+
+def find_runtime(model: Any, layers: list[str]) -> tuple[PerfusionRuntime | None, dict[tuple[str, str], Callable]]:
+    """The runtime already installed on ``model`` (if any) and the base forwards under its hooks,
+    by (layer, "k" | "v")."""
+    base: dict[tuple[str, str], Callable] = {}
     runtime = None
-    for layer in layers:
-        for kind in ("k", "v"):
-            name = f"diffusion_model.{layer}.to_{kind}.forward"
-            current = model.get_model_object(name)
-            if isinstance(current, ProjectionHook):
-                runtime = current.runtime
-                current = current.base_forward
-            base[name] = current
+    for key, path in projection_paths(model, layers).items():
+        current = model.get_model_object(f"diffusion_model.{path}.forward")
+        if isinstance(current, ProjectionHook):
+            runtime = current.runtime
+            current = current.base_forward
+        base[key] = current
     return runtime, base
 
 
@@ -358,17 +368,18 @@ def install(model: Any, layers: list[str], concepts: list[Concept]) -> Any:
     patched = model.clone()
     previous, base = find_runtime(patched, layers)
     runtime = PerfusionRuntime((previous.all_concepts if previous else []) + list(concepts))
-    for name, forward in base.items():
-        layer, kind = name[len("diffusion_model."):].rsplit(".to_", 1)
-        patched.add_object_patch(name, ProjectionHook(runtime, layer, kind[0], forward))
+    paths = projection_paths(patched, layers)
+    for (layer, kind), forward in base.items():
+        path = paths[(layer, kind)]
+        patched.add_object_patch(f"diffusion_model.{path}.forward", ProjectionHook(runtime, layer, kind, path, forward))
     patched.remove_wrappers_with_key(ext.WrappersMP.APPLY_MODEL, PATCH_KEY)
     patched.add_wrapper_with_key(ext.WrappersMP.APPLY_MODEL, PATCH_KEY, runtime.apply_model_wrapper)
     attn2_patches = patched.model_options.get("transformer_options", {}).get("patches", {}).get("attn2_patch", [])
     # A chained Apply replaces the previous runtime: drop our patches bound to it (the clone's own list).
     attn2_patches[:] = [p for p in attn2_patches if not isinstance(p, (GlobalKeyContext, SuperclassKeyContext))]
-    if runtime.uses_global_lock:
+    if runtime.swaps_k_input:
         patched.set_model_attn2_patch(GlobalKeyContext(runtime))
-    if runtime.uses_context_lock:
+    if runtime.blends_keys:
         patched.set_model_attn2_patch(SuperclassKeyContext())
     log.info("Perfusion: %d concept(s) [%s] on %d cross-attention layers (%d K/V projections hooked)",
              runtime.n, ", ".join(c.trigger for c in runtime.concepts), len(layers), len(base))

@@ -10,6 +10,7 @@ from comfy_api.latest import io
 from ..perfusion_core.concept import Concept, ConceptError
 from ..perfusion_core.concept_file import check_compatible, concept_problem, trigger_problem, words_match
 from ..perfusion_core.edit import MAX_DIRECTION_COSINE, parallel_pairs
+from ..perfusion_core.families import label as family_label
 
 from . import clip_patch, host_model, model_patch
 from .nodes_concept import CATEGORY, ConceptSocket
@@ -25,8 +26,8 @@ def check_concept_fits(concept: Concept, model: Any, clip: Any) -> dict[str, int
                      source=f"{NODE} (concept '{concept.trigger}')")
     clip_family = host_model.family_of_clip(clip)
     if clip_family != family:
-        raise ConceptError(f"{NODE}: the CLIP is {host_model.FAMILY_NAMES[clip_family]} but the model is "
-                           f"{host_model.FAMILY_NAMES[family]}; connect the CLIP of the same checkpoint")
+        raise ConceptError(f"{NODE}: the CLIP is {family_label(clip_family)} but the model is "
+                           f"{family_label(family)}; connect the CLIP of the same checkpoint")
     want, have = concept.text_encoder.layer, clip.layer_idx
     if want != have and not same_layer_output(clip, want):
         def name(layer):

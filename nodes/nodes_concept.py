@@ -10,8 +10,9 @@ import time
 import folder_paths
 from comfy_api.latest import io
 
-from ..perfusion_core.concept import LOCK_MODES, Concept, ConceptError
+from ..perfusion_core.concept import Concept, ConceptError
 from ..perfusion_core.concept_file import MAX_FILE_BYTES, load_concept, save_concept, unique_path
+from ..perfusion_core.lock_modes import DEFAULT_LOCK_MODE, LOCK_MODE_TABLE, LOCK_MODES
 
 from . import folders
 from .choices import choice_problem, validate_choices
@@ -102,12 +103,8 @@ class ConceptGate(io.ComfyNode):
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, tooltip=(
                     "Denoising progress (0 = first step, 1 = last) after which the concept stops acting. Default 1.")),
                 io.Combo.Input("lock_mode", options=list(LOCK_CHOICES), default=FROM_CONCEPT, tooltip=(
-                    "local: keys of the trigger are locked to the superclass's keys. global: the whole "
-                    "prompt's keys come from the prompt with the superclass word (richer scenes, more "
-                    "variation; use a lower beta). context: only the trigger's keys come from that prompt, "
-                    "so they are the superclass word's keys in this very sentence (its place among other "
-                    "objects included; one more text-encoder pass). Default 'concept default': the "
-                    "concept's stored mode (local).")),
+                    " ".join(f"{m.name}: {m.summary}." for m in LOCK_MODE_TABLE)
+                    + f" Default '{FROM_CONCEPT}': the concept's stored mode ({DEFAULT_LOCK_MODE}).")),
             ],
             outputs=[ConceptSocket.Output("gated_concept", display_name="concept",
                                           tooltip="The same concept with these inference settings.")],

@@ -22,7 +22,8 @@ from . import folders
 from .choices import validate_choices
 from .attention_masks import superclass_masks
 from .nodes_concept import CATEGORY, ConceptSocket
-from .training import PerfusionTrainer, Previews, prepare_data, run_files
+from .training import PerfusionTrainer, Previews, run_files
+from .training_data import prepare_data
 
 NODE = "TrainPerfusion"
 NO_RESUME = "none"

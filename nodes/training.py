@@ -13,8 +13,8 @@ Why it is built this way:
   preview samples, with the concept at its inference gate.
 - ComfyUI runs nodes under ``torch.inference_mode()``, so weights loaded by a
   node are inference tensors, which autograd refuses to save for backward.
-  They are replaced by ordinary tensors on the same storage (``thaw``: no
-  copy); the base model's values are unchanged and never receive gradients.
+  They are replaced by ordinary tensors on the same storage (``thaw`` in
+  ``trainable_host``: no copy); the base model's values are unchanged and never receive gradients.
   On a GPU the weights were moved by ``param.data = copy``: the parameter then
   reports ``is_inference() == False`` yet still has no version counter, and
   even ``weight.t()`` inside ``F.linear`` fails, so ``thaw`` tests for that.
@@ -22,7 +22,6 @@ Why it is built this way:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -36,181 +35,21 @@ from ..perfusion_core.concept import Concept, Gate
 from ..perfusion_core.concept_file import save_concept, unique_path
 from ..perfusion_core.covariance import Whitener
 from ..perfusion_core.training import (ConceptHeader, ConceptTrainables, TrainingError, TrainingSettings,
-                                     MicroBatch, gaussian_noise, latent_weights, masked_diffusion_loss, micro_batch,
-                                     noise_prediction, square_crop)
+                                     MicroBatch, gaussian_noise, masked_diffusion_loss, micro_batch,
+                                     noise_prediction)
 from ..perfusion_core.training_state import read_training_state, restore, save_training_state
 
 from . import folders, host_compat, host_model, model_patch, statistics
 from .clip_patch import install as install_clip
+from .trainable_host import add_gradient_checkpointing, differentiable_text_encoder, thaw
+from .training_data import TrainingData
 from .encoding import encode_word
 from .host_sampling import denoise, encode, encode_batch, run_in_guider
 
 log = logging.getLogger(__name__)
 
 
-# ----------------------------------------------------------------------------- data
-
-@dataclass
-class TrainingData:
-    """Latents of the training images (N, C, h, w), as the model consumes them, and their
-    horizontal flips; optional loss weights (N, 1, h, w) from masks; a digest for resume checks."""
-
-    latents: torch.Tensor
-    flipped: torch.Tensor
-    weights: torch.Tensor | None
-    digest: str
-
-    def batch(self, indices: torch.Tensor, flips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        pick = flips.view(-1, 1, 1, 1)
-        x0 = torch.where(pick, self.flipped[indices], self.latents[indices])
-        if self.weights is None:
-            return x0, None
-        return x0, torch.where(pick, self.weights[indices].flip(-1), self.weights[indices])
-
-    def with_masks(self, masks: torch.Tensor) -> "TrainingData":
-        """The same data with loss weights from ``masks`` (N, H, W) of the unflipped images."""
-        weights = latent_weights(masks, tuple(self.latents.shape[-2:]))
-        digest = hashlib.sha256(self.digest.encode() + weights.numpy().tobytes()).hexdigest()[:16]
-        return TrainingData(self.latents, self.flipped, weights, digest)
-
-    def loss_masks(self, resolution: int) -> torch.Tensor:
-        """(N, resolution, resolution) view of the loss weights (all ones without masks), for the UI."""
-        n, _, h, w = self.latents.shape
-        weights = torch.ones(n, 1, h, w) if self.weights is None else self.weights.float().cpu()
-        return torch.nn.functional.interpolate(weights, size=(resolution, resolution), mode="nearest")[:, 0]
-
-
-def prepare_data(model: Any, vae: Any, images: torch.Tensor, masks: torch.Tensor | None, resolution: int) -> TrainingData:
-    if images.ndim != 4 or images.shape[0] == 0 or images.shape[-1] not in (3, 4):
-        raise TrainingError(f"images: expected a batch of 1-100 RGB images, got shape {tuple(images.shape)}")
-    if images.shape[0] > 100:
-        raise TrainingError(f"images: {images.shape[0]} images; Perfusion trains on 1-10 (at most 100)")
-    pixels = square_crop(images[..., :3], resolution)
-    h = hashlib.sha256(pixels.numpy().tobytes())
-    with torch.no_grad():
-        raw = torch.cat([vae.encode(pixels), vae.encode(pixels.flip(2))]).float()
-    latents = model.model.process_latent_in(raw)
-    n = images.shape[0]
-    weights = None
-    if masks is not None:
-        masks = masks.unsqueeze(0) if masks.ndim == 2 else masks
-        if masks.ndim != 3 or masks.shape[0] not in (1, n):
-            raise TrainingError(f"mask: expected one mask or one per image ({n}), got shape {tuple(masks.shape)}")
-        if masks.shape[1:] != images.shape[1:3]:
-            raise TrainingError(f"mask: size {tuple(masks.shape[1:])} differs from the images' {tuple(images.shape[1:3])}")
-        masks = square_crop(masks.expand(n, -1, -1).unsqueeze(-1), resolution)[..., 0]
-        weights = latent_weights(masks, tuple(latents.shape[-2:]))
-        h.update(weights.numpy().tobytes())
-    return TrainingData(latents=latents[:n], flipped=latents[n:], weights=weights, digest=h.hexdigest()[:16])
-
-
-# ----------------------------------------------------------------------------- host helpers
-
-def _inner_tensors(t: torch.Tensor) -> dict[str, torch.Tensor] | None:
-    """The tensors a wrapper tensor subclass is made of (ComfyUI's ``QuantizedTensor``: fp8 data
-    and its scale), by torch's subclass protocol ``__tensor_flatten__``; None for a plain tensor."""
-    if type(t) in (torch.Tensor, torch.nn.Parameter) or not hasattr(t, "__tensor_flatten__"):
-        return None
-    names, _ = t.__tensor_flatten__()
-    return {name: getattr(t, name) for name in names}
-
-
-def _ordinary_view(t: torch.Tensor) -> torch.Tensor:
-    """An ordinary (non-inference) tensor on the same storage as ``t``: no copy, same values.
-
-    A wrapper subclass (a quantized weight) owns no storage of its own: a view of it would be an
-    unallocated plain tensor (a crash, or fp8 values without their scale). It is rebuilt from
-    ordinary views of its inner tensors with its own ``__tensor_unflatten__``."""
-    inner = _inner_tensors(t)
-    if inner is not None:
-        _, ctx = t.__tensor_flatten__()
-        views = {name: _ordinary_view(value) for name, value in inner.items()}
-        return type(t).__tensor_unflatten__(views, ctx, t.size(), t.stride())
-    view = torch.empty(0, dtype=t.dtype, device=t.device)
-    return view.set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
-
-
-def _frozen(t: torch.Tensor) -> bool:
-    """Whether autograd cannot use ``t``: an inference tensor, or a parameter made in inference mode
-    whose ``.data`` was swapped later (ComfyUI moving weights to a GPU), which has no version counter.
-    For a wrapper subclass also any of its inner tensors: a host may rebuild the wrapper outside
-    inference mode around the inference-mode fp8 data it loaded."""
-    if t.is_inference():
-        return True
-    try:
-        _ = t._version  # raises for a tensor without a version counter
-    except RuntimeError:
-        return True
-    inner = _inner_tensors(t)
-    return inner is not None and any(_frozen(value) for value in inner.values())
-
-
-def thaw(module: torch.nn.Module) -> int:
-    """Replace inference-mode parameters/buffers by ordinary tensors on the same storage (so
-    autograd may save them for backward; no memory is copied); returns how many. Quantized
-    weights stay quantized (same subclass, same fp8 data and scale)."""
-    count = 0
-    with torch.inference_mode(False), torch.no_grad():
-        for m in module.modules():
-            for name, p in list(m._parameters.items()):
-                if p is not None and _frozen(p):
-                    m._parameters[name] = torch.nn.Parameter(_ordinary_view(p), requires_grad=False)
-                    count += 1
-            for name, b in list(m._buffers.items()):
-                if b is not None and _frozen(b):
-                    m._buffers[name] = _ordinary_view(b)
-                    count += 1
-    return count
-
-
-class CheckpointedForward:
-    """Object patch for a UNet block: recompute its activations in backward (gradient checkpointing)."""
-
-    def __init__(self, base: Callable) -> None:
-        self.base = base
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return torch.utils.checkpoint.checkpoint(self.base, *args, use_reentrant=False, **kwargs)
-
-
-def add_gradient_checkpointing(model: Any) -> int:
-    """Checkpoint every layer of every UNet block; returns how many. The layers, not the blocks:
-    ComfyUI's UNet iterates a block's layers itself and never calls the block's ``forward``."""
-    unet = model.model.diffusion_model
-    blocks = [f"input_blocks.{i}" for i in range(len(unet.input_blocks))] + ["middle_block"]
-    blocks += [f"output_blocks.{i}" for i in range(len(unet.output_blocks))]
-    count = 0
-    for block in blocks:
-        for index, _ in enumerate(unet.get_submodule(block)):
-            key = f"diffusion_model.{block}.{index}.forward"
-            model.add_object_patch(key, CheckpointedForward(model.get_model_object(key)))
-            count += 1
-    return count
-
-
-class OutOfPlaceResidual:
-    """Object patch for ComfyUI's ``CLIPLayer.forward``: the same two residual
-    blocks, but ``x = x + f(x)`` instead of ``x += f(x)``. The in-place add
-    overwrites the input that layer norm saved for backward, so gradients could
-    not reach the trigger embedding through the stock layer."""
-
-    def __init__(self, layer: torch.nn.Module) -> None:
-        self.layer = layer
-
-    def __call__(self, x: torch.Tensor, mask: torch.Tensor | None = None, optimized_attention: Any = None) -> torch.Tensor:
-        layer = self.layer
-        x = x + layer.self_attn(layer.layer_norm1(x), mask, optimized_attention)
-        return x + layer.mlp(layer.layer_norm2(x))
-
-
-def differentiable_text_encoder(clip: Any) -> None:
-    """Patch every transformer layer of ``clip`` (a private clone) with OutOfPlaceResidual."""
-    from comfy.clip_model import CLIPLayer
-
-    for name, module in clip.cond_stage_model.named_modules():
-        if isinstance(module, CLIPLayer):
-            clip.patcher.add_object_patch(f"{name}.forward", OutOfPlaceResidual(module))
-
+# ----------------------------------------------------------------------------- trigger tokens
 
 def word_embeddings(clip: Any, word: str) -> dict[str, torch.Tensor]:
     """The input word embedding of ``word`` per tokenizer key (mean over its tokens if several)."""

@@ -12,18 +12,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 
-# local: the K edit maps i* to the superclass key W_K i_super (i_super averaged over templates).
-# global: the whole prompt's keys come from the prompt with the superclass word in the trigger's place.
-# context: only the trigger's keys come from that prompt, weighted by the gate (context_locked_keys).
-LockMode = Literal["local", "global", "context"]
-LOCK_MODES: tuple[str, ...] = ("local", "global", "context")
-# The lock modes whose keys come from the prompt re-encoded with the superclass word in the trigger's place.
-SUPERCLASS_PROMPT_LOCKS: frozenset[str] = frozenset({"global", "context"})
-FAMILIES: tuple[str, ...] = ("sd1", "sd2", "sdxl")
+from .lock_modes import DEFAULT_LOCK_MODE, LOCK_MODES
 
 
 class ConceptError(ValueError):
@@ -54,7 +46,7 @@ class Gate:
     strength: float = 1.0
     start_percent: float = 0.0
     end_percent: float = 1.0
-    lock: LockMode = "local"
+    lock: str = DEFAULT_LOCK_MODE  # a name in lock_modes.LOCK_MODES
 
     def __post_init__(self) -> None:
         # NaN passes every range comparison below and would silently blacken images.

@@ -35,7 +35,9 @@ import torch
 from safetensors.torch import load as _safetensors_load
 from safetensors.torch import save as _safetensors_save
 
-from .concept import FAMILIES, LOCK_MODES, Concept, ConceptError, Gate, TextEncoderId
+from .concept import LOCK_MODES, Concept, ConceptError, Gate, TextEncoderId
+from .families import FAMILIES, FAMILY_BY_NAME
+from .families import label as family_label
 
 FORMAT_VERSION = 1
 METADATA_KEY = "perfusion"
@@ -46,9 +48,6 @@ MAX_WORD_CHARS = 64
 
 DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _FILE_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}  # safetensors names
-FAMILY_NAMES: dict[str, str] = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
-# ComfyUI tokenizer keys whose word embeddings a trigger may carry, per family.
-EMBEDDING_KEYS: dict[str, tuple[str, ...]] = {"sd1": ("l",), "sd2": ("h",), "sdxl": ("l", "g")}
 # Prompt-syntax characters (weights, escapes, embedding:, wildcards, separators).
 _PROMPT_SYNTAX = set("()[]{}:,\\|\"")
 _META_FIELDS = ("format_version", "family", "context_dim", "text_encoder", "statistics", "trigger",
@@ -431,10 +430,10 @@ def _check_metadata(meta: dict[str, Any], fail: _Fail) -> dict[str, Any]:
     need(_is_int(meta["timestep_sets"]) and meta["timestep_sets"] > 0, "timestep_sets", "a positive integer")
     embeddings = meta["embeddings"]
     need(isinstance(embeddings, dict), "embeddings", "an object {tokenizer key: dim}")
-    allowed = EMBEDDING_KEYS[family]
+    allowed = FAMILY_BY_NAME[family].tokenizer_keys
     for key, dim in embeddings.items():
         if key not in allowed:
-            raise fail(f"embedding key {key!r} does not exist for {FAMILY_NAMES[family]} "
+            raise fail(f"embedding key {key!r} does not exist for {family_label(family)} "
                        f"(text encoders: {', '.join(allowed)})")
         if not (_is_int(dim) and dim > 0):
             raise fail(f"metadata field 'embeddings' gives {key!r} dimension {dim!r}; must be a positive integer")
@@ -569,10 +568,10 @@ def concept_problem(concept: Concept) -> str | None:
         if sets is not None and t.shape[0] != sets:
             return f"value target of layer {layer!r} has {t.shape[0]} timestep sets, other layers have {sets}"
         sets = t.shape[0]
-    allowed = EMBEDDING_KEYS[concept.family]
+    allowed = FAMILY_BY_NAME[concept.family].tokenizer_keys
     for key, t in concept.embeddings.items():
         if key not in allowed:
-            return (f"embedding key {key!r} does not exist for {FAMILY_NAMES[concept.family]} "
+            return (f"embedding key {key!r} does not exist for {family_label(concept.family)} "
                     f"(text encoders: {', '.join(allowed)})")
         if not isinstance(t, torch.Tensor) or t.ndim != 1 or t.shape[0] < 1:
             return f"embedding {key!r} must be a non-empty 1-D tensor, got {_shape(t)}"
@@ -635,7 +634,7 @@ def check_compatible(concept: Concept, *, family: str, context_dim: int, layer_d
     every other difference.
     """
     if family != concept.family:
-        made, model = FAMILY_NAMES.get(concept.family, concept.family), FAMILY_NAMES.get(family, family)
+        made, model = family_label(concept.family), family_label(family)
         raise ConceptError(f"{source}: this concept was made for {made}; the model is {model}. "
                            f"Use a {made} checkpoint or a concept trained for {model}")
     problems = []

@@ -110,16 +110,6 @@ def test_concept_for_another_family_is_rejected(pack, tiny_sd1, tiny_sdxl):
         apply(pack, model, clip, xl_concept)
 
 
-@pytest.mark.parametrize("fixture", ["tiny_sd2", "tiny_sdxl"])
-def test_other_families_apply_and_sample(pack, request, fixture):
-    model, clip = request.getfixturevalue(fixture)
-    concept = word_edit_of(pack, model, clip)
-    patched, pclip = apply(pack, model, clip, concept)
-    base = sample(model, clip, "a photo of a cat")
-    edited = sample(patched, pclip, "a photo of a cat")
-    assert torch.isfinite(edited).all() and not torch.allclose(base, edited)
-
-
 def swap_position(cond, donor, position: int):
     """``cond`` with one token row taken from ``donor`` (the same conditioning list layout)."""
     tensor = cond[0][0].clone()

@@ -146,14 +146,14 @@ def test_thaw_keeps_quantized_weights(pack):
     layer = model.model.diffusion_model.get_submodule("input_blocks.1.1.transformer_blocks.0.attn2.to_v")
     x = torch.randn(2, 3, layer.weight.shape[1])
     before, data = layer(x), layer.weight._qdata.data_ptr()
-    assert pack.nodes.training.thaw(model.model) > 0
+    assert pack.nodes.trainable_host.thaw(model.model) > 0
     assert isinstance(layer.weight, quantized_tensor_class()) and layer.weight._qdata.data_ptr() == data
     x.requires_grad_(True)
     out = layer(x)
     assert torch.equal(out.detach(), before)
     out.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
-    assert pack.nodes.training.thaw(model.model) == 0  # nothing left frozen
+    assert pack.nodes.trainable_host.thaw(model.model) == 0  # nothing left frozen
 
 
 def teddy_images() -> torch.Tensor:

@@ -106,7 +106,7 @@ def test_text_encoder_patch_matches_stock_encoding(pack, pipeline):
     tokens = clip.tokenize("a photo of a teddy on the grass")
     stock = clip.encode_from_tokens(tokens)
     patched = clip.clone()
-    pack.nodes.training.differentiable_text_encoder(patched)
+    pack.nodes.trainable_host.differentiable_text_encoder(patched)
     assert any(k.endswith("layers.0.forward") for k in patched.patcher.object_patches)
     assert torch.equal(patched.encode_from_tokens(tokens), stock)
 
@@ -116,7 +116,7 @@ def test_thaw_shares_storage(pack):
     with torch.inference_mode():
         layer = torch.nn.Linear(3, 2)
     pointer = layer.weight.data_ptr()
-    assert pack.nodes.training.thaw(layer) == 2
+    assert pack.nodes.trainable_host.thaw(layer) == 2
     assert not layer.weight.is_inference() and layer.weight.data_ptr() == pointer
     x = torch.randn(4, 3, requires_grad=True)
     layer(x).sum().backward()  # refused for inference weights: they would be saved for backward
@@ -134,7 +134,7 @@ def test_thaw_frees_weights_moved_after_an_inference_mode_load(pack):
     x = torch.randn(4, 3, requires_grad=True)
     with pytest.raises(RuntimeError, match="version counter"):
         layer(x)
-    assert pack.nodes.training.thaw(layer) == 2  # the bias is still an inference tensor
+    assert pack.nodes.trainable_host.thaw(layer) == 2  # the bias is still an inference tensor
     layer(x).sum().backward()
     assert torch.allclose(x.grad, layer.weight.sum(0).expand(4, 3))
 
@@ -441,7 +441,7 @@ def test_attention_probe_reads_the_hosts_attention(pack, pipeline):
 
 def test_superclass_attention_masks(pack, pipeline):
     model, clip, vae = pipeline
-    data = pack.nodes.training.prepare_data(model, vae, load_images(), None, RESOLUTION)
+    data = pack.nodes.training_data.prepare_data(model, vae, load_images(), None, RESOLUTION)
     masks = pack.nodes.attention_masks.superclass_masks(model, clip, data.latents, "teddy", seed=0)
     again = pack.nodes.attention_masks.superclass_masks(model, clip, data.latents, "teddy", seed=0)
     assert masks.shape == (4, 8, 8) and torch.equal(masks, again)

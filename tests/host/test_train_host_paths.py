@@ -43,7 +43,7 @@ def pipeline(tiny_sd1_checkpoint: Path) -> tuple[Any, Any, Any]:
 def _trainer(pack: Any, model: Any, clip: Any, vae: Any, tmp_path: Path, data: Any = None) -> Any:
     t = pack.nodes.training
     with torch.inference_mode(False), torch.enable_grad():
-        data = data or t.prepare_data(model, vae, load_images(), None, RESOLUTION)
+        data = data or pack.nodes.training_data.prepare_data(model, vae, load_images(), None, RESOLUTION)
         files = t.RunFiles(concept=str(tmp_path / "c.safetensors"), state=str(tmp_path / "s.safetensors"),
                            checkpoint_every=0)
         return t.PerfusionTrainer(model, clip, data, "zorb", "teddy", TrainingSettings(**SETTINGS), STATS_CAPTIONS,
