@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import struct
-import tempfile
 import unicodedata
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -35,6 +33,7 @@ import torch
 from safetensors.torch import load as _safetensors_load
 from safetensors.torch import save as _safetensors_save
 
+from .atomic_write import DestinationExists, write_atomic
 from .concept import FAMILIES, LOCK_MODES, Concept, ConceptError, Gate, TextEncoderId
 
 FORMAT_VERSION = 1
@@ -213,55 +212,13 @@ def _metadata(concept: Concept, dtype_name: str) -> dict[str, Any]:
 
 
 def _write_atomic(path: Path, data: bytes, overwrite: bool) -> None:
-    """Temp file in the target directory, fsync, then rename into place.
-
-    Without overwrite the final step is a hard link, which fails if the name
-    was taken meanwhile (no check-then-replace race); filesystems without
-    hard links fall back to a checked os.replace.
-    """
+    """write_atomic, its failures turned into ConceptErrors that name the file."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        write_atomic(path, data, overwrite=overwrite)
+    except DestinationExists:
+        raise ConceptError(f"{path.name}: already exists; refusing to overwrite it") from None
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte or an unencodable name
-        raise ConceptError(f"{path.name}: could not write the file ({exc})") from exc
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise ConceptError(f"{path.name}: already exists; refusing to overwrite it") from None
-            except OSError:
-                if path.exists():
-                    raise ConceptError(f"{path.name}: already exists; refusing to overwrite it") from None
-                os.replace(tmp, path)
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, ConceptError):
-            raise
         raise ConceptError(f"{path.name}: could not write the file ({exc}); nothing was written") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable where the OS allows it (not on Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- loading

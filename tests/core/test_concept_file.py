@@ -165,12 +165,12 @@ def test_crash_mid_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pyt
         raise OSError(5, "Input/output error")
 
     if where == "write":
-        monkeypatch.setattr(cf.os, "fdopen", HalfWriter)
+        monkeypatch.setattr(os, "fdopen", HalfWriter)
     elif where == "fsync":
-        monkeypatch.setattr(cf.os, "fsync", boom)
+        monkeypatch.setattr(os, "fsync", boom)
     else:
-        monkeypatch.setattr(cf.os, "replace", boom)
-        monkeypatch.setattr(cf.os, "link", boom)
+        monkeypatch.setattr(os, "replace", boom)
+        monkeypatch.setattr(os, "link", boom)
     with pytest.raises(ConceptError, match=r"^crash\.safetensors: could not write the file"):
         save_concept(make_concept(), target, overwrite=overwrite)
     expected = ["crash.safetensors"] if overwrite else []
