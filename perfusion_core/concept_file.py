@@ -34,7 +34,7 @@ from safetensors.torch import load as _safetensors_load
 from safetensors.torch import save as _safetensors_save
 
 from .atomic_write import DestinationExists, write_atomic
-from .concept import FAMILIES, LOCK_MODES, Concept, ConceptError, Gate, TextEncoderId
+from .concept import FAMILIES, LOCK_MODES, Concept, ConceptError, Gate, TextEncoderId, gate_range_problem
 
 FORMAT_VERSION = 1
 METADATA_KEY = "perfusion"
@@ -53,8 +53,6 @@ _PROMPT_SYNTAX = set("()[]{}:,\\|\"")
 _META_FIELDS = ("format_version", "family", "context_dim", "text_encoder", "statistics", "trigger",
                 "superclass", "layers", "timestep_sets", "embeddings", "defaults", "training", "dtype")
 _GATE_FIELDS = ("beta", "tau", "strength", "start_percent", "end_percent", "lock")
-# Stored gate defaults get ConceptGate's own input ranges: a file must not set what the node cannot.
-GATE_RANGES: dict[str, tuple[float, float]] = {"beta": (0.0, 2.0), "tau": (0.0, 1.0), "strength": (0.0, 2.0)}
 
 # Bounds on a concept's values: finite is not enough, since each of these renders black or noise
 # with no error. Text encodings (i*, i_super) are layer-normed, |x| of order 1-30 in real encoders:
@@ -403,13 +401,11 @@ def _check_metadata(meta: dict[str, Any], fail: _Fail) -> dict[str, Any]:
     if defaults["lock"] not in LOCK_MODES:
         raise fail(f"default lock must be one of {', '.join(LOCK_MODES)}, got {defaults['lock']!r}")
     try:
-        Gate(**{f: (float(v) if f != "lock" else v) for f, v in defaults.items()})
+        problem = gate_range_problem(Gate(**{f: (float(v) if f != "lock" else v) for f, v in defaults.items()}))
     except ConceptError as exc:
         raise fail(f"default {exc}") from None
-    for field, (low, high) in GATE_RANGES.items():
-        if not (low <= defaults[field] <= high):
-            raise fail(f"default gate {field} is {defaults[field]:g}; must be in [{low:g}, {high:g}] "
-                       "(ConceptGate's range)")
+    if problem:
+        raise fail(f"default {problem}")
     depth = _nesting(meta["training"])
     if depth > MAX_TRAINING_DEPTH:
         raise fail(f"metadata field 'training' is nested {depth} levels deep (at most {MAX_TRAINING_DEPTH})")
@@ -570,11 +566,7 @@ def _bounds_problem(concept: Concept, energy: float) -> str | None:
             if _max_abs(t) > limit:
                 return (f"tensor '{prefix}{key}' has values up to {_max_abs(t):.3g} (at most {limit:g}; "
                         "larger overflows fp16 models)")
-    for field, (low, high) in GATE_RANGES.items():
-        value = getattr(concept.gate, field)
-        if not (low <= value <= high):
-            return f"gate {field} is {value:g}; must be in [{low:g}, {high:g}] (ConceptGate's range)"
-    return None
+    return gate_range_problem(concept.gate)
 
 
 def _shape(t: object) -> str:
