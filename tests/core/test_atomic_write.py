@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -81,38 +82,12 @@ def test_file_systems_without_hard_links_fall_back_to_a_checked_replace(
 @pytest.mark.parametrize("where", ["write", "fsync", "rename"])
 @pytest.mark.parametrize("existed", [False, True])
 def test_a_failed_write_leaves_the_old_content_and_no_temporary_file(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, existed: bool, error: BaseException) -> None:
+        tmp_path: Path, fail_write_at: Callable[[str, BaseException], None], where: str, existed: bool,
+        error: BaseException) -> None:
     target = tmp_path / "f.bin"
     if existed:
         target.write_bytes(b"old")
-    real_fdopen = os.fdopen
-
-    class HalfWriter:
-        """Writes half the bytes to the temporary file, then fails."""
-
-        def __init__(self, fd: int, mode: str) -> None:
-            self.handle = real_fdopen(fd, mode)
-
-        def __enter__(self) -> "HalfWriter":
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self.handle.close()
-
-        def write(self, data: bytes) -> int:
-            self.handle.write(data[: len(data) // 2])
-            raise error
-
-    def fail(*args: object) -> None:
-        raise error
-
-    if where == "write":
-        monkeypatch.setattr(os, "fdopen", HalfWriter)
-    elif where == "fsync":
-        monkeypatch.setattr(os, "fsync", fail)
-    else:
-        monkeypatch.setattr(os, "replace", fail)
-        monkeypatch.setattr(os, "link", fail)
+    fail_write_at(where, error)
     # The caller's own error comes through unchanged (callers word their messages from it).
     with pytest.raises(type(error)) as raised:
         write_atomic(target, b"new content", overwrite=True)
