@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 
 from ..perfusion_core.attention_mask import maps_to_latent, threshold_mask, token_attention
+from ..perfusion_core.prompt_text import text_before_slot
 from ..perfusion_core.training import gaussian_noise
 
 from . import host_model
@@ -43,8 +44,7 @@ class AttentionProbe:
 
 def superclass_masks(model: Any, clip: Any, latents: torch.Tensor, superclass: str, seed: int) -> torch.Tensor:
     """(N, h, w) binary masks on the latent grid of ``latents`` (N, C, h, w), already as the model consumes them."""
-    prefix = PROMPT.split("{}")[0].rstrip()
-    tokens = word_positions(clip.tokenizer, prefix, superclass)
+    tokens = word_positions(clip.tokenizer, text_before_slot(PROMPT), superclass)
     conditioning = encode(clip, PROMPT.format(superclass))
     probe = model.clone()
     sink: list[torch.Tensor] = []

@@ -25,23 +25,15 @@ import torch
 from ..perfusion_core.concept import Concept, ConceptError
 from ..perfusion_core.concept_file import words_match
 from ..perfusion_core.lock_modes import lock_mode
+from ..perfusion_core.prompt_text import trigger_pattern
 
+from .encoding import word_tokens
 from .model_patch import K_CONTEXT_COND
 
 SUPERCLASS_TOKENS = "perfusion_superclass_tokens"
 # Rare words that CLIP's BPE keeps as one token; one is chosen per trigger and prompt.
 SENTINEL_CANDIDATES = ("sks", "ohwx", "zwx", "xqz", "vqv", "jxj", "qwq", "zkz", "pqp", "kxk", "wzw", "yqy")
 log = logging.getLogger(__name__)
-
-
-def trigger_pattern(trigger: str) -> re.Pattern:
-    """The trigger as a whole word, case-insensitive (CLIP lowercases anyway).
-
-    Which spellings count as the trigger is decided by this pattern alone (Unicode simple case
-    folding: 'ſ' and 'S' match 's', 'Σ' matches 'ς' and 'σ'); nothing else compares triggers with
-    str.lower(), whose answer differs for such letters.
-    """
-    return re.compile(r"(?<![\w])" + re.escape(trigger.strip()) + r"(?![\w])", re.IGNORECASE)
 
 
 def embedding_reference(pattern: re.Pattern, text: str) -> bool:
@@ -58,16 +50,13 @@ def token_ids(tokens: dict[str, list]) -> dict[str, set]:
 
 def single_token_id(tokenizer: Any, word: str) -> dict[str, int] | None:
     """Per tokenizer key, the id of ``word`` if it tokenizes to exactly one token, else None."""
-    empty = tokenizer.tokenize_with_weights("")
-    with_word = tokenizer.tokenize_with_weights(word)
-    out = {}
-    for key, batches in with_word.items():
-        a, b = [t[0] for t in empty[key][0]], [t[0] for t in batches[0]]
-        pos = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
-        if pos is None or b[pos + 1:] != a[pos:len(b) - 1]:
-            return None
-        out[key] = b[pos]
-    return out
+    try:
+        spans = word_tokens(tokenizer, "", word)
+    except ConceptError:
+        return None
+    if any(len(ids) != 1 for _, ids in spans.values()):
+        return None
+    return {key: ids[0] for key, (_, ids) in spans.items()}
 
 
 def embedding_sizes(tokenizer: Any) -> dict[str, int]:

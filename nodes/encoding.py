@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from ..perfusion_core.concept import ConceptError
+from ..perfusion_core.prompt_text import SLOT, slot_problem, text_before_slot
 
 
 # ComfyUI's prompt syntax that a template cannot carry: a weight or escape changes the word's
@@ -16,8 +17,9 @@ _TEMPLATE_SYNTAX = ("(", ")", "\\")
 
 def template_problem(template: str) -> str | None:
     """Why ``template`` cannot hold the word to encode, or None."""
-    if template.count("{}") != 1:
-        return f"template must contain '{{}}' exactly once (where the word goes), got {template!r}"
+    problem = slot_problem(template, "template", "where the word goes")
+    if problem:
+        return problem
     bad = next((ch for ch in _TEMPLATE_SYNTAX if ch in template), None)
     if bad is not None:
         return (f"template {template!r} contains the prompt-syntax character {bad!r} (weights and escapes "
@@ -28,35 +30,45 @@ def template_problem(template: str) -> str | None:
     return None
 
 
-def _chunks(tokenizer: Any, text: str) -> list[list]:
-    tokens = tokenizer.tokenize_with_weights(text)
-    key = "l" if "l" in tokens else next(iter(tokens))
-    return [[t[0] for t in chunk] for chunk in tokens[key]]
+def word_tokens(tokenizer: Any, prefix: str, word: str) -> dict[str, tuple[int, list[int]]]:
+    """Per tokenizer key, (index of the first token, BOS counted; the token ids) of ``word`` in the
+    prompt ``prefix + ' ' + word + rest``.
 
-
-def _ids(tokenizer: Any, text: str) -> list:
-    return _chunks(tokenizer, text)[0]
+    Found by diffing the tokenization of the prefix alone against prefix + word: the word's
+    tokens start where the two first differ and end where the prefix's end token reappears.
+    So it holds for any tokenizer layout (BOS or not, any padding token), multi-token words
+    included. Keys whose value is not a list of chunks (the superclass prompt that
+    clip_patch adds) are skipped.
+    """
+    before = tokenizer.tokenize_with_weights(prefix)
+    after = tokenizer.tokenize_with_weights(f"{prefix} {word}".strip())
+    spans = {}
+    for key, chunks in after.items():
+        if not isinstance(chunks, list):
+            continue
+        if len(before[key]) > 1:
+            raise ConceptError(f"the text before the word {word!r} ({prefix[:40]!r}...) is longer than one "
+                               "77-token chunk; put '{}' within the first 75 tokens")
+        a, b = [t[0] for t in before[key][0]], [t[0] for t in chunks[0]]
+        # A token may be an embedding tensor (a trigger on a patched CLIP): never equal to anything.
+        start = next((i for i, (x, y) in enumerate(zip(a, b)) if not (isinstance(x, int) and x == y)), None)
+        if start is None:
+            raise ConceptError(f"the word {word!r} adds no token to the prompt")
+        end_token = a[start]
+        end = next((i for i in range(start, len(b)) if isinstance(b[i], int) and b[i] == end_token), None)
+        if end is None or end == start:
+            raise ConceptError(f"the word {word!r} does not fit in the first 77-token chunk after "
+                               f"{prefix[:40]!r}...; put '{{}}' within the first 75 tokens")
+        spans[key] = (start, b[start:end])
+    return spans
 
 
 def word_positions(tokenizer: Any, prefix: str, word: str) -> list[int]:
-    """Indices (BOS counted) of ``word``'s tokens in the prompt ``prefix + ' ' + word + rest``.
-
-    Found by diffing the tokenization of the prefix alone against prefix + word,
-    so it holds for any tokenizer layout, multi-token words included.
-    """
-    if len(_chunks(tokenizer, prefix)) > 1:
-        raise ConceptError(f"the text before the word {word!r} ({prefix[:40]!r}...) is longer than one 77-token "
-                           "chunk; put '{}' within the first 75 tokens")
-    a, b = _ids(tokenizer, prefix), _ids(tokenizer, f"{prefix} {word}".strip())
-    start = next((i for i, (x, y) in enumerate(zip(a, b)) if not (isinstance(x, int) and x == y)), None)
-    if start is None:
-        raise ConceptError(f"the word {word!r} adds no token to the prompt")
-    end_token = a[start]
-    end = next((i for i in range(start, len(b)) if isinstance(b[i], int) and b[i] == end_token), None)
-    if end is None or end == start:
-        raise ConceptError(f"the word {word!r} does not fit in the first 77-token chunk after {prefix[:40]!r}...; "
-                           "put '{}' within the first 75 tokens")
-    return list(range(start, end))
+    """Indices (BOS counted) of ``word``'s tokens in the prompt ``prefix + ' ' + word + rest``,
+    read on the "l" tokenizer where there is one (SDXL's two tokenizers place words alike)."""
+    spans = word_tokens(tokenizer, prefix, word)
+    start, ids = spans["l"] if "l" in spans else next(iter(spans.values()))
+    return list(range(start, start + len(ids)))
 
 
 def last_token_position(tokenizer: Any, prefix: str, word: str) -> int:
@@ -66,10 +78,10 @@ def last_token_position(tokenizer: Any, prefix: str, word: str) -> int:
 
 def encode_word(clip: Any, template: str, word: str) -> torch.Tensor:
     """The encoding (D,) of ``word``'s last token in ``template`` (which contains '{}')."""
-    if template.count("{}") != 1:
-        raise ConceptError(f"prompt template must contain exactly one '{{}}', got {template!r}")
-    prefix = template.split("{}")[0].rstrip()
-    pos = last_token_position(clip.tokenizer, prefix, word)
+    problem = slot_problem(template, "prompt template", "where the word goes")
+    if problem:
+        raise ConceptError(problem)
+    pos = last_token_position(clip.tokenizer, text_before_slot(template), word)
     # replace, not format: other braces in the template are plain text, not format fields
-    cond = clip.encode_from_tokens(clip.tokenize(template.replace("{}", word)))
+    cond = clip.encode_from_tokens(clip.tokenize(template.replace(SLOT, word)))
     return cond[0, pos].detach().float().cpu()

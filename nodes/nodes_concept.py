@@ -10,7 +10,7 @@ import time
 import folder_paths
 from comfy_api.latest import io
 
-from ..perfusion_core.concept import Concept, ConceptError
+from ..perfusion_core.concept import GATE_RANGES, Concept, ConceptError
 from ..perfusion_core.concept_file import MAX_FILE_BYTES, load_concept, save_concept, unique_path
 from ..perfusion_core.lock_modes import DEFAULT_LOCK_MODE, LOCK_MODE_TABLE, LOCK_MODES
 
@@ -88,14 +88,15 @@ class ConceptGate(io.ComfyNode):
                          "the part of denoising it is active in, and local or global key-locking."),
             inputs=[
                 ConceptSocket.Input("concept", tooltip="The concept to configure."),
-                io.Float.Input("beta", default=-1.0, min=-1.0, max=2.0, step=0.01, tooltip=(
+                io.Float.Input("beta", default=-1.0, min=-1.0, max=GATE_RANGES["beta"][1], step=0.01, tooltip=(
                     "Gate bias, 0 to 2. Lower spreads the concept onto more tokens (more likeness, less prompt "
                     "following); higher confines it. Typical 0.6-0.75 with local or context lock, 0.4-0.6 with "
                     "global. -1 = the concept's stored default (0.7 if it has none).")),
-                io.Float.Input("tau", default=-1.0, min=-1.0, max=1.0, step=0.01, tooltip=(
+                io.Float.Input("tau", default=-1.0, min=-1.0, max=GATE_RANGES["tau"][1], step=0.01, tooltip=(
                     "Gate temperature, up to 1 (0.15 is the paper's inference value); smaller = sharper on/off. "
                     "Default -1 (any value <= 0): the concept's stored temperature.")),
-                io.Float.Input("strength", default=1.0, min=0.0, max=2.0, step=0.05, tooltip=(
+                io.Float.Input("strength", default=1.0, min=GATE_RANGES["strength"][0],
+                               max=GATE_RANGES["strength"][1], step=0.05, tooltip=(
                     "Scales the concept's whole contribution to the cross-attention edit: 0 = no edit (the "
                     "trigger word keeps its learned embedding), 1 = as trained, up to 2. Default 1.")),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01, tooltip=(

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..perfusion_core.concept import ConceptError
 from ..perfusion_core.concept_file import trigger_problem, word_problem, words_match
+from ..perfusion_core.prompt_text import slot_problem
 from ..perfusion_core.training import TrainingError, TrainingSettings, parse_captions
 from ..perfusion_core.training_state import TrainingStateError, read_training_state
 
@@ -215,8 +216,9 @@ def train_perfusion(model: Any, clip: Any, vae: Any, images: torch.Tensor, trigg
         problems.append(f"mask_source must be one of {MASK_SOURCES}, got {mask_source!r}")
     if what_to_train not in WHAT_TO_TRAIN:
         problems.append(f"what_to_train must be one of {WHAT_TO_TRAIN}, got {what_to_train!r}")
-    if preview_prompt.count("{}") != 1:
-        problems.append(f"preview_prompt must contain '{{}}' exactly once (the trigger's place), got {preview_prompt!r}")
+    preview_problem = slot_problem(preview_prompt, "preview_prompt")
+    if preview_problem:
+        problems.append(preview_problem)
     if preview_every < 0:
         problems.append(f"preview_every must be >= 0, got {preview_every}")
     name = output_name.strip()

@@ -6,10 +6,11 @@ from typing import Any
 
 from comfy_api.latest import io
 
-from ..perfusion_core.captions import generate_captions
+from ..perfusion_core.caption_grammar import generate_captions
 from ..perfusion_core.concept import Concept, ConceptError
 from ..perfusion_core.concept_file import concept_problem, trigger_problem, word_problem, words_match
 from ..perfusion_core.covariance import Whitener
+from ..perfusion_core.prompt_text import text_before_slot
 from ..perfusion_core.word_edit import word_edit_concept
 
 from . import host_model, statistics
@@ -84,7 +85,7 @@ def word_edit(model: Any, clip: Any, trigger_word: str, target_word: str, templa
 def check_one_token(clip: Any, template: str, trigger: str) -> None:
     """A word edit acts on the trigger's last token wherever it appears: a trigger of several tokens
     ('housecat' = 'house' + 'cat') would edit every 'cat' instead."""
-    count = len(word_positions(clip.tokenizer, template.split("{}")[0].rstrip(), trigger))
+    count = len(word_positions(clip.tokenizer, text_before_slot(template), trigger))
     if count != 1:
         raise ConceptError(f"trigger_word {trigger!r} is {count} tokens for this CLIP; a word edit needs a "
                            "one-token word (its edit would act on the last token, wherever it appears)")

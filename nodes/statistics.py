@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..perfusion_core.captions import corpus_digest, generate_captions
+from ..perfusion_core.caption_grammar import corpus_digest, generate_captions
 from ..perfusion_core.covariance import (PADDING_RULE, SecondMoment, StatisticsError, fingerprint, load_statistics,
                                        save_statistics)
 

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..perfusion_core.captions import generate_captions
+from ..perfusion_core.caption_grammar import generate_captions
 from ..perfusion_core.concept import Concept, Gate
 from ..perfusion_core.concept_file import save_concept, unique_path
 from ..perfusion_core.covariance import Whitener
@@ -41,10 +41,10 @@ from ..perfusion_core.training_state import read_training_state, restore, save_t
 
 from . import folders, host_compat, host_model, model_patch, statistics
 from .clip_patch import install as install_clip
+from .encoding import encode_word, word_tokens
+from .host_sampling import denoise, encode, encode_batch, run_in_guider
 from .trainable_host import add_gradient_checkpointing, differentiable_text_encoder, thaw
 from .training_data import TrainingData
-from .encoding import encode_word
-from .host_sampling import denoise, encode, encode_batch, run_in_guider
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +53,11 @@ log = logging.getLogger(__name__)
 
 def word_embeddings(clip: Any, word: str) -> dict[str, torch.Tensor]:
     """The input word embedding of ``word`` per tokenizer key (mean over its tokens if several)."""
-    empty = clip.tokenizer.tokenize_with_weights("")
-    with_word = clip.tokenizer.tokenize_with_weights(word)
     out = {}
-    for key, batches in with_word.items():
-        base = [t[0] for t in empty[key][0]]
-        ids = [t[0] for t in batches[0]]
-        start = next(i for i, (a, b) in enumerate(zip(base, ids)) if a != b)
-        end_token = base[start]
-        stop = ids.index(end_token, start)
+    for key, (_, ids) in word_tokens(clip.tokenizer, "", word).items():
         encoder = getattr(clip.cond_stage_model, f"clip_{key}")
         table = encoder.transformer.get_input_embeddings().weight
-        out[key] = table[ids[start:stop]].detach().float().mean(0).cpu()
+        out[key] = table[ids].detach().float().mean(0).cpu()
     return out
 
 

@@ -64,6 +64,20 @@ class Gate:
             raise ConceptError(f"gate lock mode must be one of {LOCK_MODES}, got {self.lock!r}")
 
 
+# ConceptGate's input ranges (beyond its "keep the stored value" settings): what a concept may
+# carry as its gate, so that a file or a trained concept never sets what the node cannot.
+GATE_RANGES: dict[str, tuple[float, float]] = {"beta": (0.0, 2.0), "tau": (0.0, 1.0), "strength": (0.0, 2.0)}
+
+
+def gate_range_problem(gate: Gate) -> str | None:
+    """The first of beta, tau and strength outside GATE_RANGES, phrased for the user, or None."""
+    for name, (low, high) in GATE_RANGES.items():
+        value = getattr(gate, name)
+        if not (low <= value <= high):
+            return f"gate {name} is {value:g}; must be in [{low:g}, {high:g}] (ConceptGate's range)"
+    return None
+
+
 @dataclass(frozen=True)
 class TextEncoderId:
     """Which text encoder output the concept's directions live in.

@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import struct
-import tempfile
 import unicodedata
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -35,7 +33,8 @@ import torch
 from safetensors.torch import load as _safetensors_load
 from safetensors.torch import save as _safetensors_save
 
-from .concept import LOCK_MODES, Concept, ConceptError, Gate, TextEncoderId
+from .atomic_write import DestinationExists, write_atomic
+from .concept import LOCK_MODES, Concept, ConceptError, Gate, TextEncoderId, gate_range_problem
 from .families import FAMILIES, FAMILY_BY_NAME
 from .families import label as family_label
 
@@ -53,8 +52,6 @@ _PROMPT_SYNTAX = set("()[]{}:,\\|\"")
 _META_FIELDS = ("format_version", "family", "context_dim", "text_encoder", "statistics", "trigger",
                 "superclass", "layers", "timestep_sets", "embeddings", "defaults", "training", "dtype")
 _GATE_FIELDS = ("beta", "tau", "strength", "start_percent", "end_percent", "lock")
-# Stored gate defaults get ConceptGate's own input ranges: a file must not set what the node cannot.
-GATE_RANGES: dict[str, tuple[float, float]] = {"beta": (0.0, 2.0), "tau": (0.0, 1.0), "strength": (0.0, 2.0)}
 
 # Bounds on a concept's values: finite is not enough, since each of these renders black or noise
 # with no error. Text encodings (i*, i_super) are layer-normed, |x| of order 1-30 in real encoders:
@@ -212,55 +209,13 @@ def _metadata(concept: Concept, dtype_name: str) -> dict[str, Any]:
 
 
 def _write_atomic(path: Path, data: bytes, overwrite: bool) -> None:
-    """Temp file in the target directory, fsync, then rename into place.
-
-    Without overwrite the final step is a hard link, which fails if the name
-    was taken meanwhile (no check-then-replace race); filesystems without
-    hard links fall back to a checked os.replace.
-    """
+    """write_atomic, its failures turned into ConceptErrors that name the file."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        write_atomic(path, data, overwrite=overwrite)
+    except DestinationExists:
+        raise ConceptError(f"{path.name}: already exists; refusing to overwrite it") from None
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte or an unencodable name
-        raise ConceptError(f"{path.name}: could not write the file ({exc})") from exc
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise ConceptError(f"{path.name}: already exists; refusing to overwrite it") from None
-            except OSError:
-                if path.exists():
-                    raise ConceptError(f"{path.name}: already exists; refusing to overwrite it") from None
-                os.replace(tmp, path)
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, ConceptError):
-            raise
         raise ConceptError(f"{path.name}: could not write the file ({exc}); nothing was written") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable where the OS allows it (not on Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -445,13 +400,11 @@ def _check_metadata(meta: dict[str, Any], fail: _Fail) -> dict[str, Any]:
     if defaults["lock"] not in LOCK_MODES:
         raise fail(f"default lock must be one of {', '.join(LOCK_MODES)}, got {defaults['lock']!r}")
     try:
-        Gate(**{f: (float(v) if f != "lock" else v) for f, v in defaults.items()})
+        problem = gate_range_problem(Gate(**{f: (float(v) if f != "lock" else v) for f, v in defaults.items()}))
     except ConceptError as exc:
         raise fail(f"default {exc}") from None
-    for field, (low, high) in GATE_RANGES.items():
-        if not (low <= defaults[field] <= high):
-            raise fail(f"default gate {field} is {defaults[field]:g}; must be in [{low:g}, {high:g}] "
-                       "(ConceptGate's range)")
+    if problem:
+        raise fail(f"default {problem}")
     depth = _nesting(meta["training"])
     if depth > MAX_TRAINING_DEPTH:
         raise fail(f"metadata field 'training' is nested {depth} levels deep (at most {MAX_TRAINING_DEPTH})")
@@ -612,11 +565,7 @@ def _bounds_problem(concept: Concept, energy: float) -> str | None:
             if _max_abs(t) > limit:
                 return (f"tensor '{prefix}{key}' has values up to {_max_abs(t):.3g} (at most {limit:g}; "
                         "larger overflows fp16 models)")
-    for field, (low, high) in GATE_RANGES.items():
-        value = getattr(concept.gate, field)
-        if not (low <= value <= high):
-            return f"gate {field} is {value:g}; must be in [{low:g}, {high:g}] (ConceptGate's range)"
-    return None
+    return gate_range_problem(concept.gate)
 
 
 def _shape(t: object) -> str:

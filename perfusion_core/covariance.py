@@ -20,14 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
+from .atomic_write import write_atomic
 from .concept import TextEncoderId
 
 PADDING_RULE = "all-positions"
@@ -248,9 +248,8 @@ def energy(C: torch.Tensor, i: torch.Tensor) -> float:
 def save_statistics(path: str | os.PathLike[str], C: torch.Tensor, meta: Mapping[str, object]) -> None:
     """Write C (kept float64) and JSON-serialisable ``meta`` to a safetensors file.
 
-    The write is atomic: a temporary file in the same folder is renamed over
-    ``path`` only once complete, so an interrupted save never leaves a
-    truncated statistics file behind.
+    The write is atomic (write_atomic): an interrupted save never leaves a
+    truncated statistics file behind; an existing file is replaced.
     """
     c = _checked_matrix(C).cpu().contiguous()
     try:
@@ -258,18 +257,7 @@ def save_statistics(path: str | os.PathLike[str], C: torch.Tensor, meta: Mapping
     except (TypeError, ValueError) as exc:
         raise ValueError(f"statistics metadata must be JSON-serialisable: {exc}") from None
     header = {"format": FILE_FORMAT, "version": FILE_VERSION, "meta": meta_json}
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        save_file({_TENSOR_KEY: c}, tmp, metadata=header)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, save({_TENSOR_KEY: c}, metadata=header), overwrite=True)
 
 
 def load_statistics(path: str | os.PathLike[str]) -> tuple[torch.Tensor, dict]:

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange, reduce
 
-from .captions import caption_lines
 from .concept import Concept, ConceptError, Gate, TextEncoderId
+from .prompt_text import SLOT, caption_lines, slot_problem, trigger_pattern
 
 # Reference-implementation style templates; "{}" is the trigger (or the superclass).
 PROMPT_TEMPLATES: tuple[str, ...] = (
@@ -41,11 +40,13 @@ class TrainingError(ValueError):
 def parse_captions(text: str, trigger: str) -> tuple[str, ...]:
     """Per-image captions from a multi-line text: one per non-blank line ('#' lines skipped), each
     with '{}' for the trigger; a line without '{}' gets it in place of the trigger word's first
-    whole-word occurrence. Raises TrainingError naming the line that has neither."""
+    whole-word occurrence, in any case (prompts match the trigger that way: trigger_pattern).
+    Raises TrainingError naming the line that has neither."""
     out = []
+    pattern = trigger_pattern(trigger)
     for n, line in caption_lines(text):
-        if "{}" not in line:
-            line, found = re.subn(rf"(?<!\w){re.escape(trigger)}(?!\w)", "{}", line, count=1)
+        if SLOT not in line:
+            line, found = pattern.subn(SLOT, line, count=1)
             if not found:
                 raise TrainingError(f"captions: line {n} names neither '{{}}' nor the trigger word {trigger!r}: {line!r}")
         out.append(line)
@@ -104,10 +105,10 @@ class TrainingSettings:
             out.append(f"flip_probability must be in [0, 1], got {self.flip_probability!r}")
         if self.train_keys and not self.train_values:
             out.append("train_keys needs train_values (keys are trained together with the value targets)")
-        if not self.templates or any(t.count("{}") != 1 for t in self.templates):
-            out.append("every prompt template must contain '{}' exactly once")
-        out += [f"captions: caption {n} must contain '{{}}' exactly once (the trigger's place), got {c!r}"
-                for n, c in enumerate(self.captions, 1) if c.count("{}") != 1]
+        if not self.templates:
+            out.append("templates: at least one prompt template is needed")
+        out += [p for n, t in enumerate(self.templates, 1) if (p := slot_problem(t, f"templates: template {n}"))]
+        out += [p for n, c in enumerate(self.captions, 1) if (p := slot_problem(c, f"captions: caption {n}"))]
         return out
 
     def prompts(self) -> tuple[str, ...]:

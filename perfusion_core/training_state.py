@@ -11,8 +11,6 @@ Safetensors only: a checkpoint never executes code when read.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import torch
 from safetensors.torch import load as _load_bytes
 from safetensors.torch import save as _save_bytes
 
+from .atomic_write import write_atomic
 from .training import ConceptTrainables
 
 STATE_FORMAT = "perfusion-training-state"
@@ -48,18 +47,7 @@ def save_training_state(path: str | Path, trainables: ConceptTrainables, optimiz
                 tensors[f"adam.{index}.{field}"] = value.detach().cpu().contiguous()
     header = dict(meta, format=STATE_FORMAT, version=STATE_VERSION, step=int(step), losses=[float(x) for x in losses])
     data = _save_bytes(tensors, metadata={METADATA_KEY: json.dumps(header)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, data, overwrite=True)
     return path
 
 

@@ -9,16 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from perfusion_core.captions import (
-    CaptionFileError,
-    MAX_WORDS,
-    MIN_WORDS,
-    corpus_digest,
-    generate_captions,
-    pluralize,
-    read_caption_file,
-    with_article,
-)
+from perfusion_core.caption_grammar import MAX_WORDS, MIN_WORDS, corpus_digest, generate_captions
+from perfusion_core.caption_vocabulary import pluralize, with_article
+from perfusion_core.prompt_text import CaptionFileError, read_caption_file
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pickle
 import struct
 import zipfile
@@ -137,40 +136,12 @@ def test_no_clobber_holds_even_if_the_name_is_taken_during_the_write(tmp_path: P
 
 @pytest.mark.parametrize("overwrite", [False, True])
 @pytest.mark.parametrize("where", ["write", "fsync", "rename"])
-def test_crash_mid_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_crash_mid_write_leaves_no_partial_file(tmp_path: Path, fail_write_at: Callable[[str, BaseException], None],
                                                 where: str, overwrite: bool) -> None:
     target = tmp_path / "crash.safetensors"
     if overwrite:
         target.write_bytes(b"previous version")
-    real_fdopen = os.fdopen
-
-    class HalfWriter:
-        """Writes half the bytes, then fails like a full disk."""
-
-        def __init__(self, fd: int, mode: str) -> None:
-            self.handle = real_fdopen(fd, mode)
-
-        def __enter__(self) -> "HalfWriter":
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self.handle.close()
-
-        def write(self, data: bytes) -> int:
-            self.handle.write(data[: len(data) // 2])
-            self.handle.flush()
-            raise OSError(28, "No space left on device")
-
-    def boom(*args: object, **kwargs: object) -> None:
-        raise OSError(5, "Input/output error")
-
-    if where == "write":
-        monkeypatch.setattr(cf.os, "fdopen", HalfWriter)
-    elif where == "fsync":
-        monkeypatch.setattr(cf.os, "fsync", boom)
-    else:
-        monkeypatch.setattr(cf.os, "replace", boom)
-        monkeypatch.setattr(cf.os, "link", boom)
+    fail_write_at(where, OSError(28, "No space left on device"))
     with pytest.raises(ConceptError, match=r"^crash\.safetensors: could not write the file"):
         save_concept(make_concept(), target, overwrite=overwrite)
     expected = ["crash.safetensors"] if overwrite else []

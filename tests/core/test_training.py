@@ -39,7 +39,8 @@ def test_default_settings_are_the_paper_recipe_and_valid():
     ("steps", 0, "steps must be"), ("batch_size", 65, "batch_size must be"), ("lr_values", 0.0, "lr_values"),
     ("lr_embedding", 2.0, "lr_embedding"), ("tau", 0.0, "tau must be"), ("beta", 5.0, "beta must be"),
     ("resolution", 100, "multiple of 64"), ("timestep_sets", 0, "timestep_sets"),
-    ("templates", ("no slot",), "exactly once"), ("i_star_decay", 1.0, "i_star_decay"),
+    ("templates", ("no slot",), "exactly once"), ("templates", ("a {}", "{} and {}"), "template 2 must contain"),
+    ("templates", (), "at least one prompt template"), ("i_star_decay", 1.0, "i_star_decay"),
 ])
 def test_invalid_settings_are_named(field, value, words):
     problems = dataclasses.replace(TrainingSettings(), **{field: value}).problems()
@@ -63,6 +64,12 @@ def test_parse_captions_one_per_line_with_the_trigger_marked():
     assert parse_captions("  \n# nothing\n", "zorb") == ()
     with pytest.raises(TrainingError, match=r"captions: line 2 .*'zorb'.*'a zorbs photo'"):
         parse_captions("a {}\na zorbs photo", "zorb")  # 'zorbs' is another word
+
+
+def test_parse_captions_finds_the_trigger_in_any_case_like_a_prompt_does():
+    """A prompt writing 'Zorb' gets the concept (the trigger pattern ignores case), so a caption
+    writing it so names the trigger too."""
+    assert parse_captions("A Zorb on the beach\nZORB-shaped cloud", "zorb") == ("A {} on the beach", "{}-shaped cloud")
 
 
 def test_micro_batch_draws_depend_only_on_seed_step_and_micro():

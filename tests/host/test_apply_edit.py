@@ -237,7 +237,7 @@ def test_tiny_encoder_statistics_are_not_singular(pack, tiny_sd1):
     C needs no ridge beyond a sliver: its null direction is gone."""
     from host_helpers import STATS_CAPTIONS
 
-    from perfusion_core.captions import generate_captions
+    from perfusion_core.caption_grammar import generate_captions
     from perfusion_core.covariance import Whitener
 
     _, clip = tiny_sd1
