@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 
 from ..perfusion_core.concept import Concept, ConceptError
-from ..perfusion_core.concept_file import words_match
+from ..perfusion_core.trigger_words import words_match
 from ..perfusion_core.lock_modes import lock_mode
 from ..perfusion_core.prompt_text import trigger_pattern
 

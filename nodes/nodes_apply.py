@@ -8,7 +8,8 @@ import torch
 from comfy_api.latest import io
 
 from ..perfusion_core.concept import Concept, ConceptError
-from ..perfusion_core.concept_file import check_compatible, concept_problem, trigger_problem, words_match
+from ..perfusion_core.concept_checks import check_compatible, concept_problem
+from ..perfusion_core.trigger_words import trigger_problem, words_match
 from ..perfusion_core.edit import MAX_DIRECTION_COSINE, parallel_pairs
 from ..perfusion_core.families import label as family_label
 

@@ -11,7 +11,8 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..perfusion_core.concept import GATE_RANGES, Concept, ConceptError
-from ..perfusion_core.concept_file import MAX_FILE_BYTES, load_concept, save_concept, unique_path
+from ..perfusion_core.atomic_write import unique_path
+from ..perfusion_core.concept_file import MAX_FILE_BYTES, load_concept, save_concept
 from ..perfusion_core.lock_modes import DEFAULT_LOCK_MODE, LOCK_MODE_TABLE, LOCK_MODES
 
 from . import folders

@@ -14,7 +14,7 @@ from comfy_api.latest import io
 from PIL import Image, ImageDraw, ImageFont
 
 from ..perfusion_core.concept import ConceptError
-from ..perfusion_core.concept_file import trigger_problem, word_problem, words_match
+from ..perfusion_core.trigger_words import trigger_problem, word_problem, words_match
 from ..perfusion_core.prompt_text import slot_problem
 from ..perfusion_core.training import TrainingError, TrainingSettings, parse_captions
 from ..perfusion_core.training_state import TrainingStateError, read_training_state

@@ -8,7 +8,8 @@ from comfy_api.latest import io
 
 from ..perfusion_core.caption_grammar import generate_captions
 from ..perfusion_core.concept import Concept, ConceptError
-from ..perfusion_core.concept_file import concept_problem, trigger_problem, word_problem, words_match
+from ..perfusion_core.concept_checks import concept_problem
+from ..perfusion_core.trigger_words import trigger_problem, word_problem, words_match
 from ..perfusion_core.covariance import Whitener
 from ..perfusion_core.prompt_text import text_before_slot
 from ..perfusion_core.word_edit import word_edit_concept

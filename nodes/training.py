@@ -32,7 +32,8 @@ import torch
 
 from ..perfusion_core.caption_grammar import generate_captions
 from ..perfusion_core.concept import Concept, Gate
-from ..perfusion_core.concept_file import save_concept, unique_path
+from ..perfusion_core.atomic_write import unique_path
+from ..perfusion_core.concept_file import save_concept
 from ..perfusion_core.covariance import Whitener
 from ..perfusion_core.training import (ConceptHeader, ConceptTrainables, TrainingError, TrainingSettings,
                                      MicroBatch, gaussian_noise, masked_diffusion_loss, micro_batch,

@@ -72,3 +72,20 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def unique_path(path: str | Path) -> Path:
+    """``path`` if nothing exists there yet, else ``<stem>_00001<suffix>``, ``_00002``, ...
+
+    For callers that want "never overwrite, pick a new name". Another writer
+    may still take the name before we do; a write without ``overwrite`` then
+    refuses instead of clobbering, so the caller can simply ask again.
+    """
+    path = Path(path)
+    if not path.exists():
+        return path
+    for counter in range(1, 100_000):
+        candidate = path.with_name(f"{path.stem}_{counter:05d}{path.suffix}")
+        if not candidate.exists():
+            return candidate
+    raise DestinationExists(f"{path.name}: no free name left (tried {path.stem}_00001 to _99999)")

@@ -13,7 +13,9 @@ from safetensors.torch import save as st_save
 
 from perfusion_core import concept_file as cf
 from perfusion_core.concept import ConceptError
-from perfusion_core.concept_file import concept_problem, load_concept, save_concept, trigger_problem, words_match
+from perfusion_core.concept_checks import concept_problem
+from perfusion_core.concept_file import load_concept, save_concept
+from perfusion_core.trigger_words import trigger_problem, words_match
 from perfusion_core.edit import MAX_DIRECTION_COSINE, joint_directions, parallel_pairs
 
 from test_concept_file import good_parts, make_concept

@@ -18,7 +18,9 @@ from safetensors.torch import save as st_save
 
 from perfusion_core import concept_file as cf
 from perfusion_core.concept import Concept, ConceptError, Gate, TextEncoderId
-from perfusion_core.concept_file import check_compatible, load_concept, save_concept, unique_path
+from perfusion_core.concept_checks import check_compatible
+from perfusion_core.atomic_write import unique_path
+from perfusion_core.concept_file import load_concept, save_concept
 
 # ----------------------------------------------------------------------------- synthetic concepts
 
