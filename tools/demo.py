@@ -20,11 +20,15 @@ with all its folders in a throw-away directory:
    setting none of its images shows;
 5. copies the images (and the concept files) to ``--out`` (default ``out/``).
 
-The shipped workflows are the same files you load in the ComfyUI web UI;
-they are only re-pointed at the checkpoint and, for a real model, given a
-real image size. The demo model draws 64 px pictures of its world; a real
-checkpoint does not know the trained teddy's world, so with ``--checkpoint``
-the demo shows that the pipeline runs on your model, not a good concept.
+The shipped workflows are the same files you load in the ComfyUI web UI,
+with the settings for a real SD1.5 checkpoint (512 px, training at the
+paper's recipe). The demo re-points them at the checkpoint and, for the demo
+model, applies its world settings (``DEMO_WORLD`` in
+``tools/make_workflows.py``: 64 px pictures, 200 training steps); with
+``--checkpoint`` it keeps the shipped settings (raise ``--size`` to 1024 for
+SDXL). A real checkpoint does not know the trained teddy's world, so with
+``--checkpoint`` the demo shows that the pipeline runs on your model, not a
+good concept (and at the paper's recipe, training takes hours on a CPU).
 
 To add a step, add a ``Step`` to ``STEPS``: each names a workflow and says what it produces.
 """
@@ -35,7 +39,7 @@ import argparse
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -48,9 +52,8 @@ from harness.workflow_format import WorkflowFormatError  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "out"
-# Image size and steps for a real checkpoint (the shipped workflows are sized for the tiny demo model).
-REAL_MODEL_SIZE = 512
-REAL_MODEL_STEPS = 20
+# The count applies to TrainPerfusion too, whose statistics_captions input starts at 100.
+MIN_STATISTICS_CAPTIONS = 100
 # Text-encoder statistics survive between demo runs here (git-ignored); keyed by encoder weights and corpus.
 DEFAULT_STATISTICS_CACHE = REPO_ROOT / ".cache" / "perfusion_statistics"
 
@@ -118,25 +121,21 @@ def built_in_checkpoint() -> Path:
     return world_checkpoint()
 
 
-def retarget(prompt: Mapping[str, Any], ckpt_name: str, size: int | None = None, steps: int | None = None,
-             statistics_captions: int | None = None) -> dict[str, Any]:
-    """A copy of an API prompt pointed at ``ckpt_name``; ``None`` keeps the workflow's value of
-    the latent/control image size, the sampler steps and the word edit's statistics caption count."""
-    out: dict[str, Any] = {}
-    for nid, entry in prompt.items():
-        entry = {**entry, "inputs": dict(entry["inputs"])}
-        inputs, kind = entry["inputs"], entry["class_type"]
-        if kind == "CheckpointLoaderSimple":
-            inputs["ckpt_name"] = ckpt_name
-        if size is not None and kind in ("EmptyLatentImage", "EmptyImage"):
-            inputs["width"] = inputs["height"] = size
-        if steps is not None and kind in ("KSampler", "KSamplerAdvanced"):
-            inputs["steps"] = steps
-        if statistics_captions is not None and kind == "PerfusionWordEdit":
-            inputs["statistics_captions"] = statistics_captions
-        if size is not None and kind == "TrainPerfusion":
-            inputs["resolution"] = size
-        out[nid] = entry
+def demo_settings(built_in: bool, size: int | None = None, steps: int | None = None,
+                  statistics_captions: int | None = None) -> wf.Settings:
+    """The settings the demo runs the workflows with: the demo world's on the built-in model, the
+    shipped (real-model) ones on a user's checkpoint; a value given here replaces its default."""
+    settings = wf.DEMO_WORLD if built_in else wf.REAL_MODEL
+    changes = {"size": size, "sampler_steps": steps, "statistics_captions": statistics_captions}
+    return replace(settings, **{name: value for name, value in changes.items() if value is not None})
+
+
+def retarget(prompt: Mapping[str, Any], ckpt_name: str, settings: wf.Settings) -> dict[str, Any]:
+    """A copy of an API prompt with ``settings``, its checkpoint loaders pointed at ``ckpt_name``."""
+    out = settings.apply(prompt)
+    for entry in out.values():
+        if entry["class_type"] == "CheckpointLoaderSimple":
+            entry["inputs"]["ckpt_name"] = ckpt_name
     return out
 
 
@@ -175,10 +174,14 @@ def run_demo(checkpoint: Path | None, out_dir: Path, *, size: int | None = None,
              say: Callable[[str], None] = print) -> list[StepResult]:
     """Run every step of ``STEPS`` in a fresh server; copy results to ``out_dir``. Raises DemoError.
 
+    ``size``, ``steps`` and ``statistics_captions`` replace those of the
+    model's settings (``demo_settings``); ``statistics_captions`` applies to
+    every node that estimates the statistics, so they are computed once.
     ``statistics_cache``: a folder that keeps the text-encoder statistics C
     between runs (the server's folders are temporary, and estimating C is the
     slowest part on a CPU); None recomputes them every time.
     """
+    settings = demo_settings(checkpoint is None, size, steps, statistics_captions)
     if checkpoint is not None:
         checkpoint = checkpoint.expanduser()
         if not checkpoint.is_file():
@@ -186,8 +189,6 @@ def run_demo(checkpoint: Path | None, out_dir: Path, *, size: int | None = None,
         if checkpoint.suffix not in (".safetensors", ".ckpt", ".pt", ".pth", ".sft"):
             raise DemoError(f"{checkpoint} is not a checkpoint file (.safetensors or .ckpt)")
         ckpt_name = checkpoint.name
-        size = size or REAL_MODEL_SIZE
-        steps = steps or REAL_MODEL_STEPS
     else:
         say("Using the built-in demo model (the world model: 64 px teddies, cats, chairs and cups).")
         checkpoint = built_in_checkpoint()
@@ -214,7 +215,7 @@ def run_demo(checkpoint: Path | None, out_dir: Path, *, size: int | None = None,
             say(f"Running example_workflows/{step.workflow}.json: {step.what} ...")
             if step.makes_concepts and not have_statistics:
                 say("  (estimating the text-encoder statistics first: minutes on a CPU, once per text encoder)")
-            prompt = retarget(wf.load_api(step.workflow, object_info), ckpt_name, size, steps, statistics_captions)
+            prompt = retarget(wf.load_api(step.workflow, object_info), ckpt_name, settings)
             t0 = time.perf_counter()
             history = server.run(prompt, timeout=timeout)
             seconds = time.perf_counter() - t0
@@ -267,14 +268,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="an SD1.x/SD2.x/SDXL single-file checkpoint; default: the small built-in demo model")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to put the images (default: out/)")
     parser.add_argument("--size", type=int, default=None,
-                        help=f"image size in pixels (default: {wf.SIZE} for the demo model, "
-                             f"{REAL_MODEL_SIZE} for --checkpoint)")
+                        help=f"image size and training resolution in pixels (default: {wf.DEMO_WORLD.size} "
+                             f"for the demo model, {wf.REAL_MODEL.size} for --checkpoint; 1024 for SDXL)")
     parser.add_argument("--steps", type=int, default=None,
-                        help=f"sampling steps (default: {wf.STEPS} for the demo model, "
-                             f"{REAL_MODEL_STEPS} for --checkpoint)")
+                        help=f"sampling steps (default: {wf.DEMO_WORLD.sampler_steps} for the demo model, "
+                             f"{wf.REAL_MODEL.sampler_steps} for --checkpoint)")
     parser.add_argument("--statistics-captions", type=int, default=None,
-                        help="captions to estimate the text-encoder statistics from (default: the workflow's "
-                             f"{wf.STATISTICS_CAPTIONS}; fewer is faster and less exact)")
+                        help="captions to estimate the text-encoder statistics from, for every node that "
+                             f"needs them (default: {wf.DEMO_WORLD.statistics_captions} for the demo model, "
+                             f"{wf.REAL_MODEL.statistics_captions} for --checkpoint; fewer is faster and less "
+                             f"exact; at least {MIN_STATISTICS_CAPTIONS})")
     parser.add_argument("--statistics-cache", type=Path, default=DEFAULT_STATISTICS_CACHE,
                         help="folder keeping the statistics between runs (default: .cache/perfusion_statistics)")
     parser.add_argument("--no-statistics-cache", action="store_true", help="recompute the statistics every run")
@@ -286,8 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--size must be a multiple of 8, at least 64")
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be at least 1")
-    if args.statistics_captions is not None and args.statistics_captions < 0:
-        parser.error("--statistics-captions must be 0 or more")
+    if args.statistics_captions is not None and args.statistics_captions < MIN_STATISTICS_CAPTIONS:
+        parser.error(f"--statistics-captions must be at least {MIN_STATISTICS_CAPTIONS} (TrainPerfusion's minimum)")
 
     t0 = time.perf_counter()
     try:

@@ -12,11 +12,15 @@ server for ``/object_info``: the script starts one with this pack loaded.
 Output is deterministic (node ids, layout and the workflow id derive from the
 prompt), so re-running it on an unchanged tree changes nothing.
 
-Every workflow is sized for the built-in demo model, the world model of
-``world/`` (64x64 px, 20 steps, its words: teddy, cat, chair, cup; grass,
-beach, snow, night, room): ``tools/demo.py`` runs them on it, and the tests
-run them on tiny random-weight models. With a real checkpoint, raise the
-latent size in the UI.
+Every workflow ships with the settings for a real SD1.5 checkpoint
+(``REAL_MODEL``: 512 px, TrainPerfusion at the paper's recipe of
+docs/method.md section 6); for SDXL raise the image size and the training
+resolution to 1024. The settings that depend on the model are one
+``Settings`` value: ``tools/demo.py`` applies ``DEMO_WORLD`` (the built-in
+demo model, the world model of ``world/``: 64 px, 200 training steps; its
+words: teddy, cat, chair, cup; grass, beach, snow, night, room) to the
+shipped files before it runs them, and the tests apply small settings of
+their own for their tiny random-weight models.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -53,24 +58,90 @@ TRAIN_IMAGES: tuple[str, ...] = tuple(f"teddy_{n}.png" for n in range(4))
 TRAINED_CONCEPT = "demo_teddy"
 TRIGGER = "mytoy"
 SUPERCLASS = "teddy"
-TRAIN_STEPS = 200  # the paper's 400 for a real model; the demo model learns its teddy in 200
-# Value-target learning rate: above the paper's 0.03, which needs more than 200 steps on the
-# demo model (docs/evidence.md: fidelity near 0 at 0.03, most samples right at 0.1).
-TRAIN_LR_VALUES = 0.1
 
-SIZE = 64  # latent size in pixels
-STEPS = 20
+
+Prompt = dict[str, dict[str, Any]]
+Link = list[Any]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The node inputs whose right value depends on the model a workflow runs on.
+
+    Everything else in a workflow (prompts, seeds, gates, file names) is the
+    same for every model. ``widgets`` says which input of which node type
+    each value sets; ``apply`` writes them into an API prompt.
+    """
+
+    size: int  # pixels: the empty latent, the control image and TrainPerfusion's resolution
+    sampler_steps: int
+    # Every node with a statistics_captions input: one count, so a server estimates C once
+    # (the estimate is cached per text encoder and caption count).
+    statistics_captions: int
+    train_steps: int
+    train_batch_size: int
+    train_grad_accumulation: int
+    train_lr_values: float
+    train_gradient_checkpointing: bool
+
+    def widgets(self) -> dict[str, dict[str, Any]]:
+        """{node type: {input: value}}: the form the web-UI helpers set widgets in."""
+        size = {"width": self.size, "height": self.size}
+        steps = {"steps": self.sampler_steps}
+        widgets: dict[str, dict[str, Any]] = {
+            "EmptyLatentImage": size, "EmptyImage": size, "KSampler": steps, "KSamplerAdvanced": steps,
+            "TrainPerfusion": {"resolution": self.size, "steps": self.train_steps,
+                               "batch_size": self.train_batch_size,
+                               "grad_accumulation": self.train_grad_accumulation,
+                               "lr_values": self.train_lr_values,
+                               "gradient_checkpointing": self.train_gradient_checkpointing},
+        }
+        for node_type in STATISTICS_NODES:
+            widgets.setdefault(node_type, {})["statistics_captions"] = self.statistics_captions
+        return widgets
+
+    def apply(self, prompt: Mapping[str, Mapping[str, Any]]) -> Prompt:
+        """A copy of an API prompt with these settings. Inputs fed by a link stay linked; the
+        caption count goes to every node that has a statistics_captions input, listed or not."""
+        widgets = self.widgets()
+        out: Prompt = {}
+        for key, entry in prompt.items():
+            inputs = dict(entry["inputs"])
+            values = {**widgets.get(entry["class_type"], {}), "statistics_captions": self.statistics_captions}
+            for name, value in values.items():
+                if name in inputs and not isinstance(inputs[name], list):
+                    inputs[name] = value
+            out[key] = {**entry, "inputs": inputs}
+        return out
+
+
+# The node types with a statistics_captions input (a test compares this with the server's node list).
+STATISTICS_NODES: tuple[str, ...] = ("PerfusionWordEdit", "TrainPerfusion")
+
+# What the shipped files hold: a real SD1.5 checkpoint, TrainPerfusion at the paper's recipe
+# (docs/method.md section 6; the node's own defaults): 400 steps, effective batch 16 = 4 x 4,
+# value-target learning rate 0.03. The caption count is TrainPerfusion's default, for both nodes.
+REAL_MODEL = Settings(size=512, sampler_steps=25, statistics_captions=20000, train_steps=400,
+                      train_batch_size=4, train_grad_accumulation=4, train_lr_values=0.03,
+                      train_gradient_checkpointing=True)
+# The built-in demo model (tools/demo.py): 64 px pictures of its world. It learns its teddy in
+# 200 steps of batch 2 with a value-target learning rate of 0.1: the paper's 0.03 needs more than
+# 200 steps on it (docs/evidence.md: fidelity near 0 at 0.03, most samples right at 0.1). A model
+# this small trains fastest without gradient checkpointing.
+DEMO_WORLD = Settings(size=64, sampler_steps=20, statistics_captions=500, train_steps=200,
+                      train_batch_size=2, train_grad_accumulation=1, train_lr_values=0.1,
+                      train_gradient_checkpointing=False)
+
 SEED = 42
 CFG = 5.0
-STATISTICS_CAPTIONS = 500
+# TrainPerfusion's preview samples: the node's default interval (two previews on the demo model,
+# four at the paper's 400 steps), the same on every model.
+PREVIEW_EVERY = 100
 BETAS: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8)
 TAU = 0.15
 NEGATIVE = "blurry, low quality, watermark"
 # Output file prefixes (a sub-folder of ComfyUI's output folder per workflow).
 OUTPUT_PREFIX = "perfusion"
-
-Prompt = dict[str, dict[str, Any]]
-Link = list[Any]
 
 
 class Graph:
@@ -124,16 +195,16 @@ def _sample_and_decode(g: Graph, suffix: str, model: Link, clip: Link, vae: Link
     g.add(f"pos{suffix}", "CLIPTextEncode", f"Prompt{tag}", text=text, clip=clip)
     g.add(f"neg{suffix}", "CLIPTextEncode", f"Negative prompt{tag}", text=NEGATIVE, clip=clip)
     positive, negative = g.out(f"pos{suffix}"), g.out(f"neg{suffix}")
-    g.add(f"sampler{suffix}", "KSampler", f"KSampler{tag}", model=model, seed=SEED, steps=STEPS, cfg=CFG,
-          sampler_name="euler", scheduler="normal", positive=positive, negative=negative,
-          latent_image=latent, denoise=1.0)
+    g.add(f"sampler{suffix}", "KSampler", f"KSampler{tag}", model=model, seed=SEED,
+          steps=REAL_MODEL.sampler_steps, cfg=CFG, sampler_name="euler", scheduler="normal", positive=positive,
+          negative=negative, latent_image=latent, denoise=1.0)
     g.add(f"decode{suffix}", "VAEDecode", f"VAE Decode{tag}", samples=g.out(f"sampler{suffix}"), vae=vae)
     return g.out(f"decode{suffix}"), positive, negative
 
 
 def _latent(g: Graph) -> Link:
-    g.add("latent", "EmptyLatentImage", f"Empty latent ({SIZE} px for the demo model; 512+ for real ones)",
-          width=SIZE, height=SIZE, batch_size=1)
+    g.add("latent", "EmptyLatentImage", "Empty latent (512 px for SD1.x; 1024 for SDXL)",
+          width=REAL_MODEL.size, height=REAL_MODEL.size, batch_size=1)
     return g.out("latent")
 
 
@@ -149,7 +220,7 @@ def make_demo_concepts() -> Prompt:
     for stem, trigger, target in DEMO_CONCEPTS:
         g.add(f"edit_{trigger}", "PerfusionWordEdit", f"Word edit: {trigger} -> {target}", model=model, clip=clip,
               trigger_word=trigger, target_word=target, template="a photo of a {}",
-              statistics_captions=STATISTICS_CAPTIONS)
+              statistics_captions=REAL_MODEL.statistics_captions)
         g.add(f"save_{trigger}", "SavePerfusionConcept", f"Save {stem}", concept=g.out(f"edit_{trigger}"),
               filename_prefix=stem)
     return g.prompt
@@ -194,15 +265,15 @@ def concept_lora_controlnet() -> Prompt:
     g.add("pos", "CLIPTextEncode", "Prompt", text="a photo of a cat on the grass", clip=clip)
     g.add("neg", "CLIPTextEncode", "Negative prompt", text=NEGATIVE, clip=clip)
     # A plain coloured image stands in for a pose/depth/edge map, so the workflow needs no input file.
-    g.add("control_image", "EmptyImage", "Control image (replace with LoadImage)", width=SIZE, height=SIZE,
-          batch_size=1, color=0x4080C0)
+    g.add("control_image", "EmptyImage", "Control image (replace with LoadImage)", width=REAL_MODEL.size,
+          height=REAL_MODEL.size, batch_size=1, color=0x4080C0)
     g.add("controlnet", "ControlNetLoader", "ControlNet", control_net_name=CONTROLNET)
     g.add("apply_cn", "ControlNetApplyAdvanced", "Apply ControlNet", positive=g.out("pos"), negative=g.out("neg"),
           control_net=g.out("controlnet"), image=g.out("control_image"), strength=0.8, start_percent=0.0,
           end_percent=1.0)
-    g.add("sampler", "KSampler", "KSampler", model=model, seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler",
-          scheduler="normal", positive=g.out("apply_cn", 0), negative=g.out("apply_cn", 1), latent_image=latent,
-          denoise=1.0)
+    g.add("sampler", "KSampler", "KSampler", model=model, seed=SEED, steps=REAL_MODEL.sampler_steps, cfg=CFG,
+          sampler_name="euler", scheduler="normal", positive=g.out("apply_cn", 0), negative=g.out("apply_cn", 1),
+          latent_image=latent, denoise=1.0)
     g.add("decode", "VAEDecode", "VAE Decode", samples=g.out("sampler"), vae=vae)
     _save(g, g.out("decode"), "concept_lora_controlnet")
     return g.prompt
@@ -250,11 +321,13 @@ def train_concept() -> Prompt:
             g.add(f"batch{n}", "ImageBatch", f"Images 1-{n + 1}", image1=images, image2=g.out(f"image{n}"))
             images = g.out(f"batch{n}")
     g.add("train", "TrainPerfusion", f"Train '{TRIGGER}' ({SUPERCLASS})", model=model, clip=clip, vae=vae,
-          images=images, trigger_word=TRIGGER, superclass=SUPERCLASS, steps=TRAIN_STEPS, batch_size=2,
-          grad_accumulation=1, lr_values=TRAIN_LR_VALUES, lr_embedding=0.006, train_beta=0.75, train_tau=0.1, seed=SEED,
-          resolution=SIZE, timestep_sets=1, gradient_checkpointing=False, mask_source="mask input if connected",
-          checkpoint_every=50, output_name=TRAINED_CONCEPT, statistics_captions=STATISTICS_CAPTIONS,
-          resume_from="none", preview_every=TRAIN_STEPS // 2, preview_prompt="a photo of a {} on the beach")
+          images=images, trigger_word=TRIGGER, superclass=SUPERCLASS, steps=REAL_MODEL.train_steps,
+          batch_size=REAL_MODEL.train_batch_size, grad_accumulation=REAL_MODEL.train_grad_accumulation,
+          lr_values=REAL_MODEL.train_lr_values, lr_embedding=0.006, train_beta=0.75, train_tau=0.1, seed=SEED,
+          resolution=REAL_MODEL.size, timestep_sets=1, gradient_checkpointing=REAL_MODEL.train_gradient_checkpointing,
+          mask_source="mask input if connected", checkpoint_every=50, output_name=TRAINED_CONCEPT,
+          statistics_captions=REAL_MODEL.statistics_captions, resume_from="none", preview_every=PREVIEW_EVERY,
+          preview_prompt="a photo of a {} on the beach")
     g.add("loss", "SaveImage", "Save loss graph", images=g.out("train", 1), filename_prefix=f"{OUTPUT_PREFIX}/train_loss")
     g.add("previews", "SaveImage", "Save training previews", images=g.out("train", 3),
           filename_prefix=f"{OUTPUT_PREFIX}/train_previews")

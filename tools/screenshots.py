@@ -4,16 +4,19 @@
 
 Starts ComfyUI with this pack and the demo model of ``tools/demo.py`` (the
 world model), opens each workflow in headless chromium (``harness/browser.py``),
-runs it from the Run button (fewer statistics captions than shipped; training
-keeps its shipped step count, so the trained concept is real), and saves a
-1280x800 PNG centred on the pack's nodes. Needs ``tools/setup.sh`` (chromium).
+runs it from the Run button with the demo model's settings typed into the
+widgets (``DEMO_WORLD``, as the demo runs them, but fewer statistics captions;
+training keeps the demo's step count, so the trained concept is real), and
+saves a 1280x800 PNG centred on the pack's nodes. Needs ``tools/setup.sh`` (chromium).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -35,9 +38,9 @@ SHOTS: dict[str, tuple[str, ...] | None] = {
     "two_concepts": (),
     "train_concept": ("SaveImage",),
 }
-# Widget values changed before a run: fewer captions for the statistics (a faster, cruder C).
-WIDGETS: dict[str, dict[str, int]] = {"PerfusionWordEdit": {"statistics_captions": 100},
-                                      "TrainPerfusion": {"statistics_captions": 100}}
+# Widget values set before a run: the files hold the settings for a real checkpoint, the demo
+# model draws 64 px pictures; fewer captions for the statistics (a faster, cruder C).
+WIDGETS: dict[str, dict[str, Any]] = replace(wf.DEMO_WORLD, statistics_captions=100).widgets()
 
 
 def pack_node_types(server: ComfyServer) -> set[str]:

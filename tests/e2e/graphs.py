@@ -15,6 +15,10 @@ Prompt = dict[str, dict[str, Any]]
 GOOD_CONCEPT = "good_cat.safetensors"  # made in the server by PerfusionWordEdit, then saved
 PROMPT_TEXT = "a photo of a cat on a sofa"
 TRAIN_IMAGE = wf.TRAIN_IMAGES[0]
+# Sampling on the tiny random-weight model: small images keep each of the many renders quick
+# (the shipped workflows' settings are for a real checkpoint).
+SIZE = 64
+STEPS = 20
 
 
 def node(class_type: str, **inputs: Any) -> dict[str, Any]:
@@ -47,9 +51,9 @@ def render(concept_name: str = GOOD_CONCEPT, gate: dict[str, Any] | None = None,
                       trigger_word=trigger_word)
     g["pos"] = node("CLIPTextEncode", text=PROMPT_TEXT, clip=["apply", 1])
     g["neg"] = node("CLIPTextEncode", text=wf.NEGATIVE, clip=["apply", 1])
-    g["latent"] = node("EmptyLatentImage", width=wf.SIZE, height=wf.SIZE, batch_size=1)
+    g["latent"] = node("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1)
     g["sample"] = node("KSampler", model=["apply", 0], positive=["pos", 0], negative=["neg", 0],
-                       latent_image=["latent", 0], seed=wf.SEED, steps=wf.STEPS, cfg=wf.CFG,
+                       latent_image=["latent", 0], seed=wf.SEED, steps=STEPS, cfg=wf.CFG,
                        sampler_name="euler", scheduler="normal", denoise=1.0)
     g["decode"] = node("VAEDecode", samples=["sample", 0], vae=["ckpt", 2])
     g["out"] = (node("SaveImage", images=["decode", 0], filename_prefix=save) if save

@@ -9,9 +9,11 @@ the widget values of the file unchanged.
 Every workflow is then queued from the UI (Run button) and must finish with
 its images shown on the save nodes and no node flagged: ``make_demo_concepts``
 first (it writes the concepts the others load; the test then presses R so the
-UI lists them), and ``train_concept`` with 4 training steps and the statistics
-from 100 captions, set in its widgets (``QUICK_UI_WIDGETS``). The images
-themselves are checked in depth by ``test_workflows.py``.
+UI lists them). The files hold the settings for a real SD1.5 checkpoint, so
+before each run the test types the tiny model's settings into the widgets
+(``QUICK_UI_WIDGETS``: 64 px, 4 sampling steps, 4 training steps, statistics
+from 100 captions). The images themselves are checked in depth by
+``test_workflows.py``.
 
 A screenshot of each workflow goes to a temp folder (printed);
 ``tools/screenshots.py`` makes the README's pictures the same way.
@@ -36,7 +38,7 @@ from tools.demo_models import QUICK_UI_WIDGETS, install_demo_models
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(p.stem for p in (REPO / "example_workflows").glob("*.json"))
 # Images each queued workflow shows on its SaveImage nodes. train_concept also saves its loss graph
-# and its previews; with the 4 steps set here (preview_every 10), only the one after the last step.
+# and its previews; with the 4 steps set here (preview_every 100), only the one after the last step.
 SAVED_IMAGES = {"train_concept": 3}
 
 

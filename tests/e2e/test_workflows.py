@@ -31,16 +31,15 @@ from perfusion_core.concept_file import load_concept
 from tools import make_workflows as wf
 from harness.comfy_server import ComfyServer
 from harness.workflow_format import combo_choices, widget_value_problems
-from tools.demo_models import QUICK_STATISTICS_CAPTIONS, install_demo_models
+from tools.demo_models import QUICK_STATISTICS_CAPTIONS, TINY_MODEL, install_demo_models
 
 REPO = Path(__file__).resolve().parents[2]
-TEST_CAPTIONS = QUICK_STATISTICS_CAPTIONS
 TIMEOUT = 1800.0  # per prompt: a guard against hangs; a training prompt took over 600 s on a loaded 2-core machine
 HOOK_LINE = re.compile(r"Perfusion: (\d+) concept\(s\) \[([^\]]*)\] on (\d+) cross-attention layers "
                        r"\((\d+) K/V projections hooked\)")
 TINY_SD1_LAYERS = 7
+# The training run here: two previews (half-way, end) and two resumable checkpoints.
 TEST_TRAIN_STEPS = 8
-TEST_SAMPLE_STEPS = 4
 
 
 @pytest.fixture(scope="module")
@@ -108,30 +107,27 @@ def nodes_of(prompt: dict[str, Any], class_type: str) -> list[dict[str, Any]]:
 
 
 def workflow(name: str, object_info: dict[str, Any]) -> dict[str, Any]:
-    """The shipped workflow in API format, its samplers cut to a few steps: the shipped count suits
-    the demo model's pictures, and the tiny random model here shows nothing more with more steps."""
-    prompt = wf.load_api(wf.workflow_path(name), object_info)
-    for entry in prompt.values():
-        if entry["class_type"] == "KSampler":
-            assert entry["inputs"]["steps"] == wf.STEPS
-            entry["inputs"]["steps"] = TEST_SAMPLE_STEPS
-    return prompt
+    """The shipped workflow in API format with the tiny model's settings (``TINY_MODEL``: 64 px, a
+    few steps, statistics from 100 captions): the shipped ones suit a real SD1.5 checkpoint, and
+    the tiny random model here shows nothing more at 512 px or with more steps."""
+    shipped = wf.load_api(wf.workflow_path(name), object_info)
+    assert wf.REAL_MODEL.apply(shipped) == shipped, f"{name} does not ship with the real-model settings"
+    return TINY_MODEL.apply(shipped)
 
 
 @pytest.fixture(scope="module")
 def concepts(server: ComfyServer, object_info: dict[str, Any]) -> dict[str, Any]:
     """Run make_demo_concepts once (fresh models folder: SavePerfusionConcept never overwrites)."""
     prompt = workflow("make_demo_concepts", object_info)
-    for edit in nodes_of(prompt, "PerfusionWordEdit"):
-        assert edit["inputs"]["statistics_captions"] == wf.STATISTICS_CAPTIONS
-        edit["inputs"]["statistics_captions"] = TEST_CAPTIONS
+    assert [e["inputs"]["statistics_captions"] for e in nodes_of(prompt, "PerfusionWordEdit")] == [
+        QUICK_STATISTICS_CAPTIONS] * len(wf.DEMO_CONCEPTS)
     run = Run(server, prompt)
     print(f"\nmake_demo_concepts: {run.seconds:.1f} s")
     return {"run": run, "dir": server.models_dir / "perfusion"}
 
 
 # ---------------------------------------------------------------------------- per-workflow checks
-SIZE = (wf.SIZE, wf.SIZE)
+SIZE = (TINY_MODEL.size, TINY_MODEL.size)
 
 
 def check_make_demo_concepts(server: ComfyServer, object_info: dict[str, Any], concepts: dict[str, Any]) -> None:
@@ -234,8 +230,9 @@ def check_train_concept(server: ComfyServer, object_info: dict[str, Any], concep
     """Train on the bundled images in the server, save, apply, sample: one queue press."""
     prompt = workflow("train_concept", object_info)
     train = nodes_of(prompt, "TrainPerfusion")[0]["inputs"]
-    assert (train["trigger_word"], train["superclass"], train["steps"]) == (wf.TRIGGER, wf.SUPERCLASS, wf.TRAIN_STEPS)
-    # The shipped step count fits the demo model; on the random tiny model a tenth shows the same graph at work.
+    assert (train["trigger_word"], train["superclass"]) == (wf.TRIGGER, wf.SUPERCLASS)
+    # The same statistics as make_demo_concepts: estimated once per server, reused here.
+    assert (train["resolution"], train["statistics_captions"]) == (TINY_MODEL.size, QUICK_STATISTICS_CAPTIONS)
     train.update(steps=TEST_TRAIN_STEPS, preview_every=TEST_TRAIN_STEPS // 2, checkpoint_every=TEST_TRAIN_STEPS // 2)
     run = Run(server, prompt)
     print(f"\ntrain_concept: {run.seconds:.1f} s")
@@ -272,6 +269,17 @@ def test_shipped_workflows_are_the_generated_ones(object_info: dict[str, Any]) -
     assert not stale, f"stale workflow files (run tools/make_workflows.py): {stale}"
 
 
+def test_settings_reach_every_statistics_node(object_info: dict[str, Any]) -> None:
+    """The UI form of the settings (``Settings.widgets``) lists every node type that estimates the
+    statistics, so one caption count reaches them all and a server computes C once."""
+    specs = {name: spec for name, info in object_info.items() for kind in ("required", "optional")
+             for input_name, spec in info.get("input", {}).get(kind, {}).items() if input_name == "statistics_captions"}
+    assert sorted(specs) == sorted(wf.STATISTICS_NODES)
+    for settings in (wf.REAL_MODEL, wf.DEMO_WORLD, TINY_MODEL):  # each count valid for every such node
+        for name, (_, options) in specs.items():
+            assert options["min"] <= settings.statistics_captions <= options["max"], (settings, name)
+
+
 def test_workflow_files_reference_the_documented_models(object_info: dict[str, Any]) -> None:
     names = {"ckpt_name": {wf.CHECKPOINT}, "lora_name": {wf.LORA}, "control_net_name": {wf.CONTROLNET},
              "concept_name": {wf.CAT_CONCEPT, wf.CHAIR_CONCEPT}}
@@ -304,9 +312,7 @@ def test_workflows_saved_before_the_v3_nodes_still_load(name: str, object_info: 
 
 def test_a_workflow_saved_before_the_v3_nodes_still_runs(server: ComfyServer, object_info: dict[str, Any],
                                                          concepts: dict[str, Any]) -> None:
-    prompt = wf.load_api(SAVED / "concept_txt2img.json", object_info)
-    for entry in nodes_of(prompt, "KSampler"):
-        entry["inputs"]["steps"] = TEST_SAMPLE_STEPS
+    prompt = TINY_MODEL.apply(wf.load_api(SAVED / "concept_txt2img.json", object_info))
     run = Run(server, prompt)
     assert len(run.images) == 1 and run.hooks() == [(1, ["cat"], TINY_SD1_LAYERS, 2 * TINY_SD1_LAYERS)]
     assert_real_image(run.images[0], SIZE)
@@ -326,7 +332,7 @@ def test_demo_script(tmp_path: Path) -> None:
     The world's judge reads the pictures, so the demo must show what it says it shows."""
     out = tmp_path / "out"
     cmd = [sys.executable, str(REPO / "tools" / "demo.py"), "--out", str(out),
-           "--statistics-captions", str(TEST_CAPTIONS), "--statistics-cache", str(tmp_path / "statistics")]
+           "--statistics-captions", str(QUICK_STATISTICS_CAPTIONS), "--statistics-cache", str(tmp_path / "statistics")]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=1500)
     print(f"\ndemo: {time.perf_counter() - t0:.1f} s")
@@ -335,12 +341,12 @@ def test_demo_script(tmp_path: Path) -> None:
     assert re.search(r"Perfusion: 1 concept\(s\) \[cat\]", proc.stdout)
     assert str(out / "beta_sweep_00001_.png") in proc.stdout  # it says where the images are
     grid = Image.open(out / "beta_sweep_00001_.png")
-    assert grid.size[0] == len(wf.BETAS) * wf.SIZE and grid.size[1] > wf.SIZE
+    assert grid.size[0] == len(wf.BETAS) * wf.DEMO_WORLD.size and grid.size[1] > wf.DEMO_WORLD.size
     for stem, trigger, _ in wf.DEMO_CONCEPTS:
         assert load_concept(out / "concepts" / f"{stem}.safetensors").trigger == trigger
     trained = load_concept(out / "concepts" / f"{wf.TRAINED_CONCEPT}.safetensors")
     assert (trained.trigger, trained.superclass, trained.training["steps"]) == (wf.TRIGGER, wf.SUPERCLASS,
-                                                                                 wf.TRAIN_STEPS)
+                                                                                 wf.DEMO_WORLD.train_steps)
     # "a photo of a cat on the beach" with the word edit cat -> cup, and "a photo of a mytoy on the beach".
     edited, generated = (seen_by_judge(out / f"{name}_00001_.png") for name in ("concept_txt2img", "train_concept"))
     assert edited.background == "beach" and {o.category for o in edited.objects} == {"cup"}, edited
@@ -357,7 +363,7 @@ def seen_by_judge(path: Path) -> Any:
 
     assert path.is_file(), f"the demo made no {path.name}"
     img = Image.open(path).convert("RGB")
-    assert_real_image(img, SIZE)
+    assert_real_image(img, (wf.DEMO_WORLD.size, wf.DEMO_WORLD.size))
     x = torch.from_numpy(pixels(img) / 255.0).float().permute(2, 0, 1)[None]
     return read_scenes(load_judge(), x)[0]
 
