@@ -14,6 +14,7 @@ from PIL import Image
 
 from perfusion_core.concept_file import load_concept
 from perfusion_core.training import TrainingError
+from harness import random_models
 from host_helpers import STATS_CAPTIONS
 from tools.sample_images import IMAGES_DIR
 
@@ -30,12 +31,16 @@ def load_images(masks: bool = False) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def pipeline(tiny_sd1_checkpoint: Path):
-    """(model, clip, vae) from the stock checkpoint loader, in inference mode like a node."""
+    """(model, clip, vae), made in inference mode like a node's: the UNet and VAE from the stock
+    checkpoint loader, the text encoder the in-process tiny CLIP-L (3 layers, real widths and
+    tokenizer). The checkpoint's full-size CLIP-L, whose forward and backward would dominate
+    every step here, is trained through in tests/host/test_train_host_paths.py and the e2e tier."""
     import comfy.sd
 
     with torch.inference_mode():
-        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(tiny_sd1_checkpoint), output_vae=True,
-                                                                    output_clip=True)
+        model, _, vae, _ = comfy.sd.load_checkpoint_guess_config(str(tiny_sd1_checkpoint), output_vae=True,
+                                                                 output_clip=False)
+        clip = random_models.build_clip("sd1", "tiny", seed=0)
     return model, clip, vae
 
 
