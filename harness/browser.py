@@ -86,7 +86,7 @@ return {
   name: app.extensionManager?.workflow?.activeWorkflow?.filename ?? null,
   // Newer frontends (1.48) hold node ids as strings in the live graph; files and serialize() use numbers.
   nodes: app.graph.nodes.map(n => ({
-    id: /^\d+$/.test(String(n.id)) ? Number(n.id) : n.id, type: n.type, title: n.title, registered: n.type in registered, has_errors: !!n.has_errors,
+    id: /^[0-9]+$/.test(String(n.id)) ? Number(n.id) : n.id, type: n.type, title: n.title, registered: n.type in registered, has_errors: !!n.has_errors,
     widgets: Object.fromEntries((n.widgets ?? []).map(w => [w.name, w.value])),
     choices: Object.fromEntries((n.widgets ?? []).filter(w => Array.isArray(w.options?.values))
                                 .map(w => [w.name, w.options.values])),
