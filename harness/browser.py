@@ -51,6 +51,10 @@ SETTINGS: dict[str, Any] = {"Comfy.TutorialCompleted": True}
 SCREENSHOT_SETTINGS: dict[str, Any] = {"Comfy.Minimap.Visible": False, "LiteGraph.Canvas.MinFontSizeForLOD": 0}
 LOCAL_STORAGE = {"vueNodesBannerDismissed": "true"}
 
+# Where the UI reports problems: dialogs (1.32), the canvas's error overlay (1.48).
+DIALOG_CSS = ".p-dialog"
+ERROR_OVERLAY_CSS = "[data-testid='error-overlay']"
+
 # Left, top, right, bottom pixels of the canvas under the UI's bars (side bar, tabs, Run button).
 CANVAS_INSETS = (60, 130, 0, 30)
 
@@ -80,8 +84,9 @@ _GRAPH_JS = """
 const registered = LiteGraph.registered_node_types;
 return {
   name: app.extensionManager?.workflow?.activeWorkflow?.filename ?? null,
+  // Newer frontends (1.48) hold node ids as strings in the live graph; files and serialize() use numbers.
   nodes: app.graph.nodes.map(n => ({
-    id: n.id, type: n.type, title: n.title, registered: n.type in registered, has_errors: !!n.has_errors,
+    id: /^[0-9]+$/.test(String(n.id)) ? Number(n.id) : n.id, type: n.type, title: n.title, registered: n.type in registered, has_errors: !!n.has_errors,
     widgets: Object.fromEntries((n.widgets ?? []).map(w => [w.name, w.value])),
     choices: Object.fromEntries((n.widgets ?? []).filter(w => Array.isArray(w.options?.values))
                                 .map(w => [w.name, w.options.values])),
@@ -289,8 +294,12 @@ class ComfyUI:
         return GraphState(dialogs=self.dialogs(), **state)
 
     def dialogs(self) -> list[str]:
-        """Texts of the dialogs on screen (missing nodes, missing models, errors)."""
-        return [d.text for d in self.page.find_elements(By.CSS_SELECTOR, ".p-dialog") if d.is_displayed()]
+        """Texts of the problem reports on screen (missing nodes, missing models, errors).
+
+        The 1.32 frontend opens a dialog for each; newer ones (1.48) show an error overlay
+        over the canvas instead (with its own test id), so both are read."""
+        found = self.page.find_elements(By.CSS_SELECTOR, f"{DIALOG_CSS}, {ERROR_OVERLAY_CSS}")
+        return [d.text for d in found if d.is_displayed()]
 
     def wait_for_images(self, node_id: int, timeout: float | None = None) -> int:
         """Wait until node ``node_id`` displays at least one loaded image; return how many."""

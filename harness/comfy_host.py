@@ -9,6 +9,7 @@ time and raises on a machine without a GPU).
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -74,6 +75,30 @@ def import_host() -> None:
     # (used to run the world experiments on a GPU machine).
     comfy.cli_args.args.cpu = os.environ.get(DEVICE_ENV_VAR, "cpu") != "auto"
     _imported = True
+
+
+def host_module(name: str) -> ModuleType:
+    """A top-level module of the host (``nodes``: ComfyUI's stock node classes), even when this
+    repository's folder of the same name comes before the host on ``sys.path``.
+
+    Why: the pack's glue lives in ``nodes/``, and under pytest the repository root can end up in
+    front of the host on ``sys.path`` after ``import_host`` (seen in ``tests/world``). There a plain
+    ``import nodes`` gave the host's module on 0.3.75 but the pack's folder on 0.33.
+    """
+    import_host()
+    root = host_dir().resolve()
+    module = sys.modules.get(name)
+    if module is None:
+        saved = list(sys.path)
+        sys.path.insert(0, str(root))
+        try:
+            module = importlib.import_module(name)
+        finally:
+            sys.path[:] = saved
+    where = Path(getattr(module, "__file__", "") or "").resolve()
+    if not where.is_relative_to(root):
+        raise ImportError(f"module {name!r} was already imported from {where}, not from the host at {root}")
+    return module
 
 
 PACK_MODULE = "perfusion_pack"

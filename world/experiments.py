@@ -260,9 +260,10 @@ def regional_prompt(clip: Any, prompts: dict[str, str], size: int = 64) -> list:
     """ComfyUI's regional prompting with its stock nodes: each prompt (which names one place, 'left'
     or 'right') conditions its half of the image (ConditioningSetMask), the halves combined
     (ConditioningCombine). Each prompt names one concept, so no trigger's encoding sees another's."""
-    import nodes
-
+    from harness.comfy_host import host_module
     from world.sampling import conditioning
+
+    nodes = host_module("nodes")  # ComfyUI's nodes.py, not the pack's nodes/ folder
 
     halves = {"left": slice(0, size // 2), "right": slice(size // 2, size)}
     combined: list = []

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import comfyui_frontend_package as frontend_package  # installed with the host's requirements
 import comfyui_workflow_templates as templates  # installed with the host's requirements
 import pytest
 
@@ -73,8 +74,13 @@ def test_server_is_isolated_and_lists_stock_nodes(server: ComfyServer, object_in
     assert "Adding extra search path perfusion" in log
     # API nodes (which call paid web services) are not loaded, and the
     # frontend comes from the installed package, not from a GitHub release.
+    # The web root line is read because both hosts print it; the frontend
+    # version line is not (0.3.75 prints "ComfyUI frontend version:", 0.33 does not).
     assert not any(d.get("api_node") for d in object_info.values())
-    assert "ComfyUI frontend version:" in log and "GitHub" not in log
+    roots = [line.split("web root:", 1)[1].strip() for line in log.splitlines() if "[Prompt Server] web root:" in line]
+    assert len(roots) == 1, roots
+    assert Path(roots[0]).resolve() == (Path(frontend_package.__file__).parent / "static").resolve()
+    assert "GitHub" not in log
 
 
 def test_failed_start_reports_the_log_and_cleans_up() -> None:
@@ -128,15 +134,17 @@ def test_validation_error_names_node_and_input(server: ComfyServer) -> None:
 
 
 def test_execution_error_carries_message_and_traceback(server: ComfyServer) -> None:
-    prompt = {
-        "1": {"class_type": "LoadTrainingDataset", "inputs": {"folder_name": "no_such_dataset"}},
-        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}},
-    }
+    # A stock node that passes validation and fails while running, on every tested host:
+    # SaveImage checks where its prefix points only when it saves (both hosts raise a plain
+    # Exception). Node ids and the prefix are checked as they come back.
+    prompt = image_prompt(invert=False)
+    prompt["3"]["inputs"]["filename_prefix"] = "../escaped_harness"
     with pytest.raises(PromptExecutionError) as err:
         server.run(prompt, timeout=60)
-    assert err.value.node_id == "1"
-    assert err.value.exception_type.endswith("ValueError")
-    assert "no_such_dataset" in err.value.exception_message
+    assert err.value.node_id == "3"
+    assert err.value.exception_type == "Exception"
+    assert "outside the output folder" in err.value.exception_message
+    assert not (server.output_dir.parent / "escaped_harness_00001_.png").exists()
     assert "Traceback" in str(err.value) or "File " in str(err.value)
 
 
@@ -164,30 +172,35 @@ def test_timeout_interrupts_the_prompt(server: ComfyServer) -> None:
 
 
 # ---------------------------------------------------------------------- converter: stock templates
+# The templates below are in the stock template packages of both tested hosts, with the same
+# nodes, values and links (0.33's package dropped older ones such as image2image and lora).
+WIDGET_TEMPLATE = "sd3.5_large_blur"  # checkpoint -> KSampler -> VAEDecode, a LoadImage and two notes
+
+
 def test_ui_to_api_maps_widgets_by_name(object_info: dict[str, Any]) -> None:
-    api = ui_to_api(template("image2image"), object_info)
+    api = ui_to_api(template(WIDGET_TEMPLATE), object_info)
     assert api["3"]["class_type"] == "KSampler"
     # [seed, control_after_generate, steps, cfg, sampler, scheduler, denoise]: the control value is dropped.
     assert api["3"]["inputs"] == {
-        "seed": 266967097991208, "steps": 15, "cfg": 8, "sampler_name": "dpmpp_2m",
-        "scheduler": "normal", "denoise": 0.87,
-        "model": ["14", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["12", 0],
+        "seed": 268264726798396, "steps": 30, "cfg": 4, "sampler_name": "euler",
+        "scheduler": "simple", "denoise": 1,
+        "model": ["4", 0], "positive": ["58", 0], "negative": ["58", 1], "latent_image": ["33", 0],
     }
     # LoadImage saves [file, upload-button value]; only the file is an input.
-    assert api["10"]["inputs"] == {"image": "image2image_input_image.jpg"}
+    assert api["57"]["inputs"] == {"image": "sd3.5_large_blur_input_image.png"}
     assert api["3"]["_meta"] == {"title": "KSampler"}
-    # Markdown notes are UI-only.
+    # Markdown notes (62, 63) are UI-only.
+    assert {"62", "63"}.isdisjoint(api)
     assert {e["class_type"] for e in api.values()}.isdisjoint({"MarkdownNote", "Note"})
 
 
 def test_bypassed_node_passes_matching_input_through(object_info: dict[str, Any]) -> None:
-    wf = template("lora")  # LoraLoader 13 is bypassed (mode 4)
-    assert next(n for n in wf["nodes"] if n["id"] == 13)["mode"] == 4
+    wf = template("video_wan2.1_alpha_t2v_14B")  # UNETLoader 37 -> LoraLoaderModelOnly 59 (bypassed) -> 65
+    assert next(n for n in wf["nodes"] if n["id"] == 59)["mode"] == 4
     api = ui_to_api(wf, object_info)
-    assert "13" not in api
-    assert api["3"]["inputs"]["model"] == ["11", 0]  # MODEL through 13's model input
-    assert api["6"]["inputs"]["clip"] == ["11", 1]  # CLIP through 13's clip input
-    assert api["7"]["inputs"]["clip"] == ["11", 1]
+    assert "59" not in api
+    assert api["65"]["inputs"]["model"] == ["37", 0]  # MODEL through 59's model input
+    assert api["48"]["inputs"]["model"] == ["65", 0]
 
 
 def test_reroute_and_primitive_nodes_resolve(object_info: dict[str, Any]) -> None:
@@ -264,10 +277,10 @@ def assert_frontend_schema(wf: dict[str, Any]) -> None:
 
 
 def test_api_to_ui_is_a_well_formed_workflow(object_info: dict[str, Any]) -> None:
-    api = ui_to_api(template("image2image"), object_info)
+    api = ui_to_api(template(WIDGET_TEMPLATE), object_info)
     ui = api_to_ui(api, object_info)
     assert_frontend_schema(ui)
-    real = template("image2image")
+    real = template(WIDGET_TEMPLATE)
     assert set(real) - {"definitions"} <= set(ui) | {"id", "revision"}
     node_keys = {"id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs", "properties", "widgets_values"}
     ids = {n["id"] for n in ui["nodes"]}
@@ -284,10 +297,10 @@ def test_api_to_ui_is_a_well_formed_workflow(object_info: dict[str, Any]) -> Non
         assert by_id[src]["outputs"][src_slot]["type"] == typ
     # Seeds are pinned so the loaded workflow reproduces the prompt.
     sampler = by_id[3]
-    assert sampler["widgets_values"][:2] == [266967097991208, "fixed"]
+    assert sampler["widgets_values"][:2] == [268264726798396, "fixed"]
     # The grid layout does not stack nodes on top of each other, and sources are left of sinks.
     assert len({tuple(n["pos"]) for n in ui["nodes"]}) == len(ui["nodes"])
-    assert by_id[14]["pos"][0] < by_id[3]["pos"][0] < by_id[8]["pos"][0]
+    assert by_id[4]["pos"][0] < by_id[3]["pos"][0] < by_id[8]["pos"][0]
     assert api_to_ui(api, object_info) == ui  # deterministic, including the workflow id
 
 
