@@ -6,23 +6,9 @@
   with inputs by name; a link is ``[source_id, output_index]``).
 
 We author and test workflows in API form and ship a UI-format twin that
-opens in the browser, so both directions are needed. The positional widget
-list is mapped to input names with the node definitions from
-``/object_info``, replaying the frontend's rules (read from the
-comfyui-frontend-package bundle, 1.32):
+opens in the browser, so both directions are needed. How a node's positional
+widget list maps to its inputs is ``harness/node_inputs.py``; here:
 
-* widgets are created for widget-typed inputs in ``input_order`` order,
-  required first, then optional, then inputs the frontend adds itself;
-* an INT whose spec has ``control_after_generate`` (or, lacking that key, is
-  named ``seed``/``noise_seed``) gets an extra "control after generate"
-  widget right after it; a COMBO with ``control_after_generate`` gets that
-  and a "control filter list" string widget;
-* a COMBO with ``image_upload``/``video_upload``/``animated_image_upload``/
-  ``audio_upload`` makes the frontend add an "upload" button widget after
-  all other widgets; its value ("image", or null) is saved in the list too;
-* a few bundled frontend extensions add display widgets to specific core
-  nodes (3D preview, audio player, progress text); ``FRONTEND_EXTRA_WIDGETS``
-  lists them;
 * Note/MarkdownNote, Reroute and PrimitiveNode exist only in the UI;
   muted nodes (mode 2) are dropped with everything linked from them and
   bypassed nodes (mode 4) pass a matching-typed input through.
@@ -34,195 +20,18 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
-# Input types the frontend draws as widgets (its core widget registry).
-# Everything else is a socket that only takes links.
-WIDGET_TYPES = frozenset(
-    {
-        "INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "MARKDOWN", "COLOR",
-        "IMAGECOMPARE", "CHART", "GALLERIA", "TEXTAREA",
-        # Added by bundled frontend extensions for specific core nodes.
-        "WEBCAM", "LOAD_3D", "LOAD_3D_ANIMATION", "LOAD3D_CAMERA", "PREVIEW_3D",
-    }
-)
-CONTROL_VALUES = frozenset({"fixed", "increment", "decrement", "randomize", "increment-wrap"})
-UPLOAD_FLAGS = ("image_upload", "video_upload", "animated_image_upload", "audio_upload")
-_AUDIO_UI = (("audioUI", None),)
-# Display widgets that bundled frontend extensions add to specific core nodes
-# (name, value the frontend saves). They come after the definition's own
-# widgets and before the upload button, may be absent in older files, and
-# never reach the API prompt.
-FRONTEND_EXTRA_WIDGETS: dict[str, tuple[tuple[str, Any], ...]] = {
-    "SaveGLB": (("image", ""),),  # Comfy.SaveGLB: PREVIEW_3D
-    "Preview3D": (("image", ""),),  # Comfy.Preview3D: PREVIEW_3D
-    "LoadAudio": _AUDIO_UI,
-    "SaveAudio": _AUDIO_UI,
-    "SaveAudioMP3": _AUDIO_UI,
-    "SaveAudioOpus": _AUDIO_UI,
-    "PreviewAudio": _AUDIO_UI,
-    "GetImageSize": (("progress_text", ""),),  # text the node sends with send_progress_text
-}
+from .node_inputs import DYNAMIC_COMBO, WidgetMismatch, align_widget_values, expanded_specs, widget_slots
+
 NOTE_TYPES = frozenset({"Note", "MarkdownNote"})
 VIRTUAL_TYPES = NOTE_TYPES | {"Reroute", "PrimitiveNode"}
 MODE_MUTED = 2
 MODE_BYPASS = 4
-CONTROL_DEFAULT = "fixed"  # what api_to_ui writes: reproducible, unlike the UI's "randomize"
-UPLOAD_VALUE = "image"  # the upload button's constant value as the frontend saves it
 
 
 class WorkflowFormatError(ValueError):
     """A workflow cannot be converted (unknown node, value/widget mismatch, ...)."""
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """One input of a node definition, in the order the frontend builds them."""
-
-    name: str
-    type: str
-    options: Mapping[str, Any]
-    optional: bool
-
-    @property
-    def is_widget(self) -> bool:
-        return self.type in WIDGET_TYPES and not self.options.get("forceInput", False)
-
-    @property
-    def has_control(self) -> bool:
-        if self.type == "INT":
-            if "control_after_generate" in self.options:
-                return bool(self.options["control_after_generate"])
-            return self.name in ("seed", "noise_seed")
-        if self.type == "COMBO":
-            return bool(self.options.get("control_after_generate"))
-        return False
-
-    @property
-    def has_upload(self) -> bool:
-        return self.type == "COMBO" and any(self.options.get(flag) is True for flag in UPLOAD_FLAGS)
-
-    def default(self) -> Any:
-        """The value the frontend starts a fresh widget with."""
-        if "default" in self.options:
-            return self.options["default"]
-        if self.type == "COMBO":
-            opts = self.options.get("options") or []
-            return opts[0] if opts else ""
-        return {"INT": 0, "FLOAT": 0.0, "BOOLEAN": False}.get(self.type, "")
-
-
-@dataclass(frozen=True)
-class WidgetSlot:
-    """One entry of a node's ``widgets_values`` list.
-
-    kind: "input" (a real input), "control" (control after generate),
-    "filter" (control filter list), "extra" (an extension's display widget)
-    or "upload" (the upload button). ``saved`` is what api_to_ui writes for
-    the frontend-only kinds.
-    """
-
-    kind: str
-    name: str
-    saved: Any = None
-
-    @property
-    def optional(self) -> bool:
-        return self.kind != "input"
-
-
-def input_specs(node_def: Mapping[str, Any]) -> list[InputSpec]:
-    """Inputs of a node definition (no hidden ones) in frontend widget order."""
-    sections = node_def.get("input", {})
-    order = node_def.get("input_order") or {}
-    specs: list[InputSpec] = []
-    for section in ("required", "optional"):
-        entries = sections.get(section) or {}
-        names = [n for n in order.get(section, []) if n in entries]
-        names += [n for n in entries if n not in names]
-        for name in names:
-            raw = entries[name]
-            typ, opts = raw[0], (raw[1] if len(raw) > 1 and isinstance(raw[1], dict) else {})
-            if isinstance(typ, list):  # legacy combo: the option list is the type
-                opts = {**opts, "options": typ}
-                typ = "COMBO"
-            specs.append(InputSpec(name, str(typ), opts, section == "optional"))
-    return specs
-
-
-def combo_choices(node_def: Mapping[str, Any], name: str) -> list[Any]:
-    """The choices a combo input offers, whether the node is classic (a list as the type) or V3
-    ("COMBO" with an ``options`` list)."""
-    spec = next((s for s in input_specs(node_def) if s.name == name), None)
-    if spec is None or spec.type != "COMBO":
-        raise KeyError(f"{node_def.get('name', '?')} has no combo input {name!r}")
-    return list(spec.options.get("options") or [])
-
-
-def widget_slots(node_def: Mapping[str, Any]) -> list[WidgetSlot]:
-    """The positional layout of ``widgets_values`` for a node definition."""
-    slots: list[WidgetSlot] = []
-    upload = False
-    for spec in input_specs(node_def):
-        if not spec.is_widget:
-            continue
-        slots.append(WidgetSlot("input", spec.name))
-        if spec.has_control:
-            slots.append(WidgetSlot("control", spec.name, CONTROL_DEFAULT))
-            if spec.type == "COMBO":
-                slots.append(WidgetSlot("filter", spec.name, ""))
-        upload = upload or spec.has_upload
-    for name, saved in FRONTEND_EXTRA_WIDGETS.get(str(node_def.get("name")), ()):
-        slots.append(WidgetSlot("extra", name, saved))
-    if upload:
-        audio = any(s.options.get("audio_upload") for s in input_specs(node_def))
-        slots.append(WidgetSlot("upload", "upload", None if audio else UPLOAD_VALUE))
-    return slots
-
-
-def _plausible(slot: WidgetSlot, value: Any) -> bool:
-    """Whether a saved value can be the given frontend-only widget's value."""
-    if slot.kind == "control":
-        return value in CONTROL_VALUES
-    if slot.kind == "filter":
-        return isinstance(value, str)
-    if slot.kind == "upload":
-        return value is None or value in ("image", "video", "audio", "")
-    if slot.kind == "extra":
-        return value is None or isinstance(value, str)
-    return True
-
-
-def align_widget_values(node_type: str, slots: list[WidgetSlot], values: list[Any]) -> dict[str, Any]:
-    """Map a positional ``widgets_values`` list to input names.
-
-    Frontend-only widgets (control, filter, upload) may or may not have been
-    saved depending on the frontend version; they are matched by count first,
-    and by the shape of the value otherwise. Any leftover or missing value is
-    an error: silently shifting values onto the wrong inputs is the failure
-    mode this module exists to prevent.
-    """
-    if len(values) == len(slots):
-        pairs = list(zip(slots, values))
-    else:
-        pairs = []
-        i = 0
-        for slot in slots:
-            if i >= len(values):
-                break
-            if slot.optional and not _plausible(slot, values[i]):
-                continue
-            pairs.append((slot, values[i]))
-            i += 1
-        got = [s for s, _ in pairs if not s.optional]
-        want = [s for s in slots if not s.optional]
-        if i != len(values) or len(got) != len(want):
-            raise WorkflowFormatError(
-                f"{node_type}: {len(values)} widget values {values!r} do not fit widgets "
-                f"{[s.name if s.kind == 'input' else s.kind for s in slots]}"
-            )
-    return {slot.name: value for slot, value in pairs if slot.kind == "input"}
 
 
 # ---------------------------------------------------------------------- UI -> API
@@ -248,12 +57,16 @@ def _reject_unsupported(workflow: Mapping[str, Any]) -> None:
             raise WorkflowFormatError(f"node {node.get('id')} is a legacy group node ({t}); not supported")
 
 
-def ui_to_api(workflow: Mapping[str, Any], object_info: Mapping[str, Any], *, meta: bool = True) -> dict[str, Any]:
+def ui_to_api(
+    workflow: Mapping[str, Any], object_info: Mapping[str, Any], *, meta: bool = True, older_files: bool = False
+) -> dict[str, Any]:
     """Convert a UI-format workflow into an API-format prompt.
 
-    ``meta`` adds ``_meta.title`` per node, as the frontend does.
-    Raises WorkflowFormatError for unknown node types or widget lists that do
-    not match the node definition.
+    ``meta`` adds ``_meta.title`` per node, as the frontend does. ``older_files`` reads files
+    saved before a node gained widgets, as the frontend does (the missing trailing widgets get
+    their defaults); our own workflow files must match their nodes exactly, so it is off by
+    default. Raises WorkflowFormatError for unknown node types or widget lists that do not
+    match the node definition.
     """
     _reject_unsupported(workflow)
     nodes = {node["id"]: node for node in workflow.get("nodes", [])}
@@ -303,12 +116,16 @@ def ui_to_api(workflow: Mapping[str, Any], object_info: Mapping[str, Any], *, me
         node_def = object_info.get(ntype)
         if node_def is None:
             raise WorkflowFormatError(f"node {node['id']}: unknown node type {ntype!r}")
-        specs = {s.name: s for s in input_specs(node_def)}
         raw = node.get("widgets_values")
         if isinstance(raw, dict):  # some nodes save widgets by name
-            inputs = {k: v for k, v in raw.items() if k in specs and specs[k].is_widget}
+            widgets = {s.name for s in expanded_specs(node_def, raw) if s.is_widget}
+            inputs = {k: v for k, v in raw.items() if k in widgets}
         else:
-            inputs = align_widget_values(ntype, widget_slots(node_def), list(raw or []))
+            try:
+                inputs = align_widget_values(node_def, list(raw or []), older_files=older_files)
+            except WidgetMismatch as e:
+                raise WorkflowFormatError(f"node {node['id']} ({ntype}): {e}") from None
+        specs = {s.name: s for s in expanded_specs(node_def, inputs)}
         for slot in node.get("inputs") or []:
             name = (slot.get("widget") or {}).get("name") or slot.get("name")
             if name not in specs:
@@ -383,8 +200,7 @@ def api_to_ui(prompt: Mapping[str, Any], object_info: Mapping[str, Any]) -> dict
         node_def = object_info.get(ctype)
         if node_def is None:
             raise WorkflowFormatError(f"node {nid}: unknown node type {ctype!r}")
-        specs = input_specs(node_def)
-        known = {s.name for s in specs}
+        known = {s.name for s in expanded_specs(node_def, entry.get("inputs", {}))}
         unknown = set(entry.get("inputs", {})) - known
         if unknown:
             raise WorkflowFormatError(f"node {nid} ({ctype}): unknown inputs {sorted(unknown)}")
@@ -407,10 +223,10 @@ def api_to_ui(prompt: Mapping[str, Any], object_info: Mapping[str, Any]) -> dict
         node = ui_nodes[nid]
         node_def = object_info[entry["class_type"]]
         values = entry.get("inputs", {})
-        by_name = {s.name: s for s in input_specs(node_def)}
+        by_name = {s.name: s for s in expanded_specs(node_def, values)}
         for spec in by_name.values():
             value = values.get(spec.name)
-            if spec.is_widget and not _is_link(value):
+            if (spec.is_widget or spec.grown) and not _is_link(value):
                 continue
             slot = {"name": spec.name, "type": spec.type, "link": None}
             if spec.is_widget:
@@ -430,7 +246,7 @@ def api_to_ui(prompt: Mapping[str, Any], object_info: Mapping[str, Any]) -> dict
                 raise WorkflowFormatError(f"node {nid}: socket input {spec.name} has a literal value; UI format cannot hold it")
             node["inputs"].append(slot)
         widgets: list[Any] = []
-        for ws in widget_slots(node_def):
+        for ws in widget_slots(node_def, values):
             if ws.kind == "input":
                 v = values.get(ws.name)
                 widgets.append(by_name[ws.name].default() if v is None or _is_link(v) else v)
@@ -506,7 +322,7 @@ def widget_value_problems(
         if node_def is None:
             problems.append(f"{nid}: unknown node type {entry.get('class_type')!r}")
             continue
-        specs = {s.name: s for s in input_specs(node_def)}
+        specs = {s.name: s for s in expanded_specs(node_def, entry.get("inputs", {}))}
         for name, value in entry.get("inputs", {}).items():
             spec = specs.get(name)
             if spec is None:
@@ -529,9 +345,9 @@ def widget_value_problems(
                 problems.append(f"{where}: not a boolean")
             elif spec.type == "STRING" and not isinstance(value, str):
                 problems.append(f"{where}: not a string")
-            elif spec.type == "COMBO":
-                options = spec.options.get("options") or []
-                if check_combo_options and value not in options:
+            elif spec.is_combo:
+                options = spec.choices()
+                if (check_combo_options or spec.type == DYNAMIC_COMBO) and value not in options:
                     problems.append(f"{where}: not one of the {len(options)} options")
                 elif not isinstance(value, (str, int, float)):
                     problems.append(f"{where}: not a combo value")

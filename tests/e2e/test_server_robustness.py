@@ -30,7 +30,7 @@ from corpus_cases import CASES, CORPUS_DIR, Bait, Case, GoodFile
 from harness.comfy_server import ComfyServer, PromptExecutionError, PromptValidationError
 from tools.demo import install_file, install_training_images
 from harness.random_models import cached_checkpoint
-from harness.workflow_format import combo_choices
+from harness.node_inputs import combo_choices
 
 TIMEOUT = 300.0
 # Python's generic exceptions: a node failing with one of these is a crash, not a checked input.

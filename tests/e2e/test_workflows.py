@@ -30,7 +30,8 @@ from PIL import Image
 from perfusion_core.concept_file import load_concept
 from tools import make_workflows as wf
 from harness.comfy_server import ComfyServer
-from harness.workflow_format import combo_choices, widget_value_problems
+from harness.node_inputs import combo_choices
+from harness.workflow_format import widget_value_problems
 from tools.demo_models import QUICK_STATISTICS_CAPTIONS, TINY_MODEL, install_demo_models
 
 REPO = Path(__file__).resolve().parents[2]
