@@ -79,7 +79,13 @@ def clip_statistics(clip: Any, captions: list[str] | None = None,
 
 
 def _weights_digest(clip: Any) -> str:
-    """A cheap identity of the text encoder weights: hash of a few sampled values per tensor."""
+    """A cheap identity of the text encoder weights: hash of a few sampled values per tensor.
+
+    Every clone of a CLIP shares one encoder module, which holds the patched weights of
+    whichever clone was loaded last (a LoRA's, say). Loading this clone first makes the
+    digest that of the weights it encodes with, as the statistics themselves are.
+    """
+    clip.load_model()
     h = hashlib.sha256()
     for name, t in sorted(clip.cond_stage_model.state_dict().items()):
         flat = t.detach().reshape(-1)

@@ -247,3 +247,20 @@ def test_tiny_encoder_statistics_are_not_singular(pack, tiny_sd1):
     eigs = torch.linalg.eigvalsh(C.double())
     assert float(eigs[0]) > 0
     assert Whitener(C).ridge < 1e-4 * float(eigs.mean())
+
+
+def test_statistics_key_is_this_clips_weights_whichever_clone_ran_last(pack, tiny_sd1):
+    """A clone with a LoRA-style patch, once it has encoded, leaves its weights in the encoder
+    module every clone shares; the cache key must still name the plain CLIP's weights (it was
+    the LoRA's, so the plain CLIP's statistics were computed again, and filed under the LoRA's)."""
+    _, clip = tiny_sd1
+    digest = pack.nodes.statistics._weights_digest
+    plain = digest(clip)
+    patched = clip.clone()
+    key = next(k for k in patched.patcher.model.state_dict() if k.endswith("q_proj.weight"))
+    weight = patched.patcher.model.state_dict()[key]
+    patched.add_patches({key: (torch.full_like(weight, 0.5),)}, 1.0, 1.0)
+    patched.encode_from_tokens(patched.tokenize("a photo of a cat"))
+    assert digest(clip) == plain
+    assert digest(patched) != plain
+    assert digest(clip) == plain  # and back, after the patched clone was loaded again
