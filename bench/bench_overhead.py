@@ -58,6 +58,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from harness.comfy_host import import_host, import_pack  # noqa: E402
+from world.metrics import median_ci  # noqa: E402
 
 DOC = REPO / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench_overhead: begin generated -->", "<!-- bench_overhead: end generated -->"
@@ -92,12 +93,11 @@ def spread(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     return f"{median(v):.{digits}f} ({min(v):.{digits}f}..{max(v):.{digits}f})"
 
 
-def quartiles(values: list[float]) -> str:
-    """'median (q1..q3)', the spread that one outlier round cannot stretch."""
-    if len(values) < 2:
-        return f"{median(values):.3f}"
-    q1, _, q3 = statistics.quantiles(values, n=4)
-    return f"{median(values):.3f} ({q1:.3f}..{q3:.3f})"
+def paired(ratios: list[float]) -> str:
+    """'median [lo..hi]': the per-round ratios' median and its distribution-free 95% interval
+    (how far the median of this many rounds can be trusted; one outlier round cannot stretch it)."""
+    med, lo, hi = median_ci(ratios)
+    return f"{med:.3f} [{lo:.3f}..{hi:.3f}]"
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -435,7 +435,7 @@ def sampling_table(args: argparse.Namespace, configs: list[Config]) -> list[str]
     plain = configs[0]
     lines = [
         ("| configuration | wall s, median (min..max) | CPU s, median (min..max) | wall / plain, paired "
-         "(quartiles) | CPU / plain, paired (quartiles) | limit | verdict (wall, CPU) |"),
+         "[95% CI] | CPU / plain, paired [95% CI] | limit | verdict (wall, CPU) |"),
         "|---|---|---|---|---|---|---|",
     ]
     for cfg in configs:
@@ -443,8 +443,8 @@ def sampling_table(args: argparse.Namespace, configs: list[Config]) -> list[str]
         cpu = [t / p for t, p in zip(cfg.cpu_times, plain.cpu_times)]
         limit = f"<= {LIMITS[cfg.name]:.2f}" if cfg.name in LIMITS else ""
         checks = f"{verdict(median(wall), cfg.name)}, {verdict(median(cpu), cfg.name)}" if limit else ""
-        lines.append(f"| {cfg.name} | {spread(cfg.times)} | {spread(cfg.cpu_times)} | {quartiles(wall)} | "
-                     f"{quartiles(cpu)} | {limit} | {checks} |")
+        lines.append(f"| {cfg.name} | {spread(cfg.times)} | {spread(cfg.cpu_times)} | {paired(wall)} | "
+                     f"{paired(cpu)} | {limit} | {checks} |")
     return lines
 
 
@@ -490,8 +490,9 @@ def report(args: argparse.Namespace, command: str, facts: dict[str, str], config
          f"{args.steps} steps, cfg {args.cfg:g} with a negative prompt (cond and uncond batched: batch 2 per UNet "
          f"call), latent {args.latent}x{args.latent} ({args.latent * 8} px), seed {args.seed}, prompt "
          f"\"{PROMPT}\". {args.repeats} interleaved rounds after one warm-up round, each round rotating which "
-         f"configuration goes first. The model is made current before the timer starts. \"paired\" = median and "
-         f"quartiles of the per-round ratios (each run against the plain run of the same round). CPU = this "
+         f"configuration goes first. The model is made current before the timer starts. \"paired\" = median of the "
+         f"per-round ratios (each run against the plain run of the same round) and its distribution-free 95% "
+         f"confidence interval (binomial order statistics over rounds). CPU = this "
          f"process's CPU time (all threads), less disturbed than wall time by other processes on the machine."),
         "",
         *sampling_table(args, configs),

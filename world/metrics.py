@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 from dataclasses import dataclass
 
 from world.scenes import (BACKGROUNDS, CATEGORIES, COLOURS, HIDDEN_COLOURS, SETTING_PHRASE, SLOT_PHRASE, SLOTS, Concept,
@@ -94,6 +95,29 @@ def mean_ci(values: list[float], z: float = 1.96) -> tuple[float, float]:
         return mean, float("nan")
     var = sum((v - mean) ** 2 for v in values) / (n - 1)
     return mean, z * math.sqrt(var / n)
+
+
+def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Median and a distribution-free confidence interval for it: the order statistics
+    ``[x_(k), x_(n+1-k)]`` with the largest ``k`` whose coverage, ``1 - 2 P(B <= k-1)`` for
+    ``B ~ Binomial(n, 1/2)``, is still at least ``level``. Needs no assumption about the
+    values' distribution (timings are skewed by other processes), only independence."""
+    x = sorted(values)
+    n = len(x)
+    if n == 0:
+        raise ValueError("no values")
+    k = 0
+    while k + 1 <= n - k and 1 - 2 * _binomial_half_cdf(n, k + 1) >= level:
+        k += 1
+    med = statistics.median(x)
+    if k == 0:
+        return med, float("-inf"), float("inf")  # too few values for this level
+    return med, x[k - 1], x[n - k]
+
+
+def _binomial_half_cdf(n: int, k: int) -> float:
+    """P(B <= k - 1) for B ~ Binomial(n, 1/2)."""
+    return sum(math.comb(n, i) for i in range(k)) / 2**n
 
 
 def training_scenes(concept: Concept, n: int, seed: int) -> list[Scene]:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
-from world.metrics import (alignment, both_correct, companion_requests, composite_scenes, fidelity, in_slot, mean_ci,
+from world.metrics import (alignment, both_correct, companion_requests, composite_scenes, fidelity, in_slot, mean_ci, median_ci,
                            requests, training_scenes)
 from world.scenes import (BACKGROUNDS, CATEGORIES, CONCEPTS, HIDDEN_COLOURS, SLOTS, Scene, WorldObject, caption,
                           concept_object)
@@ -71,6 +72,21 @@ def test_mean_ci_matches_the_textbook_formula() -> None:
     mean, half = mean_ci([1.0, 2.0, 3.0, 4.0])
     assert mean == 2.5 and half == pytest.approx(1.96 * math.sqrt((2.25 + 0.25 + 0.25 + 2.25) / 3 / 4))
     assert math.isnan(mean_ci([1.0])[1])
+
+
+def test_median_ci_uses_the_binomial_order_statistics_and_covers_the_median() -> None:
+    # n = 10: [x_(2), x_(9)] covers with 1 - 2 * 11/1024 = 97.9%; [x_(3), x_(8)] only with 89.1%.
+    values = [float(v) for v in (7, 3, 9, 1, 5, 8, 2, 10, 4, 6)]
+    assert median_ci(values) == (5.5, 2.0, 9.0)
+    assert median_ci(values, level=0.89) == (5.5, 3.0, 8.0)
+    assert median_ci([1.0, 2.0, 3.0]) == (2.0, -math.inf, math.inf)  # three values cannot give 95%
+    # Its defining property, by simulation on a skewed distribution with a known median (ln 2).
+    rng = random.Random(0)
+    trials, covered = 4000, 0
+    for _ in range(trials):
+        _, lo, hi = median_ci([rng.expovariate(1.0) for _ in range(20)])
+        covered += lo <= math.log(2) <= hi
+    assert 0.95 <= covered / trials <= 0.975  # n = 20 gives [x_(6), x_(15)]: 95.9%
 
 
 def test_training_scenes_vary_the_setting_first() -> None:
