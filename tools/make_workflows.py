@@ -39,6 +39,10 @@ from harness.workflow_format import api_to_ui, ui_to_api, widget_value_problems 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW_DIR = REPO_ROOT / "example_workflows"
+# The ComfyUI release the shipped files are written with (the one CI runs). Newer hosts describe
+# some stock nodes differently (0.33's SaveImage has an IMAGE output), which changes a UI file's
+# text but not what it runs.
+GENERATED_WITH = "0.3.75"
 
 # Model file names the workflows reference (what tests and the demo install).
 CHECKPOINT = "perfusion_demo_sd15.safetensors"

@@ -34,7 +34,7 @@ def pipeline(tiny_sd1_checkpoint: Path):
     """(model, clip, vae), made in inference mode like a node's: the UNet and VAE from the stock
     checkpoint loader, the text encoder the in-process tiny CLIP-L (3 layers, real widths and
     tokenizer). The checkpoint's full-size CLIP-L, whose forward and backward would dominate
-    every step here, is trained through in tests/host/test_train_host_paths.py and the e2e tier."""
+    every step here, is trained through in the e2e tier (the training workflow and the demo)."""
     import comfy.sd
 
     with torch.inference_mode():

@@ -7,6 +7,10 @@
 - Training with the host offloading the model (partial loading, weights cast per call) gives the
   concept of a fully loaded run.
 - The host's "training" flag is set while the loop runs, and restored.
+
+The UNet and VAE come from the stock checkpoint loader; the text encoder is the in-process tiny
+CLIP-L (real widths and tokenizer, 3 layers), as in ``test_train.py``: the full-size encoder's
+forward and backward would dominate every step, and the e2e tier trains through it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 import pytest
 import torch
 
+from harness import random_models
 from host_helpers import STATS_CAPTIONS
 from perfusion_core.training import TrainingSettings
 from test_train import RESOLUTION, load_images, train
@@ -30,8 +35,9 @@ def _load(checkpoint: Path, dtype: torch.dtype | None = None) -> tuple[Any, Any,
 
     options = {} if dtype is None else {"dtype": dtype}
     with torch.inference_mode():  # as a loader node runs
-        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(checkpoint), output_vae=True,
-                                                                    output_clip=True, model_options=options)
+        model, _, vae, _ = comfy.sd.load_checkpoint_guess_config(str(checkpoint), output_vae=True,
+                                                                 output_clip=False, model_options=options)
+        clip = random_models.build_clip("sd1", "tiny", seed=0)
     return model, clip, vae
 
 
