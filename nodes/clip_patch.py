@@ -31,8 +31,14 @@ from .encoding import word_tokens
 from .model_patch import K_CONTEXT_COND
 
 SUPERCLASS_TOKENS = "perfusion_superclass_tokens"
-# Rare words that CLIP's BPE keeps as one token; one is chosen per trigger and prompt.
-SENTINEL_CANDIDATES = ("sks", "ohwx", "zwx", "xqz", "vqv", "jxj", "qwq", "zkz", "pqp", "kxk", "wzw", "yqy")
+# Rare whole words that CLIP's BPE vocabulary (shared by CLIP-L, OpenCLIP-H and -G) holds as one
+# token; the tokenizer at hand is asked again when a CLIP is patched. One is chosen per trigger and
+# prompt among those the prompt's other words do not use. The sentinel's token is replaced by the
+# trigger's learned embedding before the encoder runs, so its own meaning never reaches it: a
+# sentinel only has to be one token and absent from the prompt. 18 of them: as many triggers in
+# one prompt, fewer only if the prompt itself uses some of these words.
+SENTINEL_CANDIDATES = ("sks", "ohwx", "nlwx", "nmwx", "wwx", "httr", "rcn", "hmv", "dbz", "pbc", "tvc", "gsp",
+                       "mwf", "cwgc", "nwsl", "ncbd", "wftv", "kprc")
 log = logging.getLogger(__name__)
 
 

@@ -102,6 +102,29 @@ def test_two_triggers_that_are_sentinel_words_each_get_their_own_embedding(pack,
         torch.testing.assert_close(encode(c2, prompt)[0][0][0], encode(clip, plain)[0][0][0], rtol=1e-5, atol=1e-5)
 
 
+def test_four_triggers_fit_in_one_prompt_that_also_uses_the_usual_placeholder_words(pack, tiny_sd1, word_edit):
+    """Every trigger in a prompt needs a free one-token sentinel; 'sks' and 'ohwx' typed as ordinary
+    words take two. Four triggers beside them still each encode as their learned embedding, and
+    every candidate sentinel is one token for the real tokenizer."""
+    import dataclasses
+
+    import nodes as comfy_nodes
+
+    model, clip = tiny_sd1
+    candidates = pack.nodes.clip_patch.SENTINEL_CANDIDATES
+    assert all(pack.nodes.clip_patch.single_token_id(clip.tokenizer, w) is not None for w in candidates)
+    table = clip.cond_stage_model.clip_l.transformer.get_input_embeddings().weight
+    patched = clip
+    stand_ins = {"zorb": "dog", "blick": "table", "mytoy": "car", "fren": "tree"}
+    for trigger, word in stand_ins.items():
+        (token,) = pack.nodes.clip_patch.single_token_id(clip.tokenizer, word).values()
+        concept = dataclasses.replace(word_edit, trigger=trigger, embeddings={"l": table[token].detach().float().clone()})
+        _, patched = apply(pack, model, patched, concept.with_gate(strength=0.0))
+    encode = comfy_nodes.CLIPTextEncode().encode
+    prompt, plain = "a zorb, a blick, a mytoy and a fren, sks ohwx", "a dog, a table, a car and a tree, sks ohwx"
+    torch.testing.assert_close(encode(patched, prompt)[0][0][0], encode(clip, plain)[0][0][0], rtol=1e-5, atol=1e-5)
+
+
 def test_concept_for_another_family_is_rejected(pack, tiny_sd1, tiny_sdxl):
     model, clip = tiny_sd1
     xl_model, xl_clip = tiny_sdxl
