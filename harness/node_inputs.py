@@ -289,7 +289,6 @@ def _walk(node_def: Mapping[str, Any], values: list[Any], *, skip_implausible: b
     a frontend-only slot whose shape the value does not have is passed over, and so is one
     left without a value at the end. None if the values and the slots do not come out even."""
     chosen: dict[str, Any] = {}
-    specs = {s.name: s for s in _all_widget_specs(node_def)}
     i = 0
     for slot in _slot_stream(node_def, chosen):
         if i == len(values):
@@ -299,7 +298,8 @@ def _walk(node_def: Mapping[str, Any], values: list[Any], *, skip_implausible: b
                 continue
             if not older_files:
                 return None
-            chosen[slot.name] = specs[slot.name].default()
+            # Only for older files: the spec under the options chosen so far, looked up when needed.
+            chosen[slot.name] = next(sp for sp in expanded_specs(node_def, chosen) if sp.name == slot.name).default()
             continue
         if skip_implausible and slot.optional and not slot.plausible(values[i]):
             continue
@@ -308,18 +308,3 @@ def _walk(node_def: Mapping[str, Any], values: list[Any], *, skip_implausible: b
         i += 1
     return chosen if i == len(values) else None
 
-
-def _all_widget_specs(node_def: Mapping[str, Any]) -> list[InputSpec]:
-    """Every widget input of every option of every dynamic combo, by name."""
-    found: list[InputSpec] = []
-
-    def visit(spec: InputSpec) -> None:
-        found.append(spec)
-        if spec.type == DYNAMIC_COMBO:
-            for key in spec.choices():
-                for inner in spec.option_inputs(key):
-                    visit(inner)
-
-    for spec in input_specs(node_def):
-        visit(spec)
-    return found

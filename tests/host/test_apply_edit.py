@@ -81,22 +81,25 @@ def test_two_concepts_form_one_joint_edit(pack, tiny_sd1, word_edit):
     assert torch.isfinite(sample(m2, c2, "a photo of a cat and a chair")).all()
 
 
+def stand_in(pack, clip, concept, trigger: str, word: str):
+    """``concept`` with ``trigger`` whose learned embedding is ``word``'s own token row, idle in the UNet:
+    a prompt with the trigger must then encode exactly as the prompt with the word."""
+    import dataclasses
+
+    (token,) = pack.nodes.clip_patch.single_token_id(clip.tokenizer, word).values()
+    table = clip.cond_stage_model.clip_l.transformer.get_input_embeddings().weight
+    embedding = table[token].detach().float().clone()
+    return dataclasses.replace(concept, trigger=trigger, embeddings={"l": embedding}).with_gate(strength=0.0)
+
+
 def test_two_triggers_that_are_sentinel_words_each_get_their_own_embedding(pack, tiny_sd1, word_edit):
     """'sks' and 'zwx' are themselves the usual placeholder tokens: both in one prompt must still
     encode as their two learned embeddings, in either order ('dog' and 'table' stand in for them)."""
-    import dataclasses
-
     import nodes as comfy_nodes
 
     model, clip = tiny_sd1
-    table = clip.cond_stage_model.clip_l.transformer.get_input_embeddings().weight
-
-    def learned(trigger: str, word: str):
-        (token,) = pack.nodes.clip_patch.single_token_id(clip.tokenizer, word).values()
-        return dataclasses.replace(word_edit, trigger=trigger, embeddings={"l": table[token].detach().float().clone()})
-
-    _, c1 = apply(pack, model, clip, learned("sks", "dog").with_gate(strength=0.0))
-    _, c2 = apply(pack, model, c1, learned("zwx", "table").with_gate(strength=0.0))
+    _, c1 = apply(pack, model, clip, stand_in(pack, clip, word_edit, "sks", "dog"))
+    _, c2 = apply(pack, model, c1, stand_in(pack, clip, word_edit, "zwx", "table"))
     encode = comfy_nodes.CLIPTextEncode().encode
     for prompt, plain in (("a sks and a zwx", "a dog and a table"), ("a zwx and a sks", "a table and a dog")):
         torch.testing.assert_close(encode(c2, prompt)[0][0][0], encode(clip, plain)[0][0][0], rtol=1e-5, atol=1e-5)
@@ -106,20 +109,14 @@ def test_four_triggers_fit_in_one_prompt_that_also_uses_the_usual_placeholder_wo
     """Every trigger in a prompt needs a free one-token sentinel; 'sks' and 'ohwx' typed as ordinary
     words take two. Four triggers beside them still each encode as their learned embedding, and
     every candidate sentinel is one token for the real tokenizer."""
-    import dataclasses
-
     import nodes as comfy_nodes
 
     model, clip = tiny_sd1
     candidates = pack.nodes.clip_patch.SENTINEL_CANDIDATES
     assert all(pack.nodes.clip_patch.single_token_id(clip.tokenizer, w) is not None for w in candidates)
-    table = clip.cond_stage_model.clip_l.transformer.get_input_embeddings().weight
     patched = clip
-    stand_ins = {"zorb": "dog", "blick": "table", "mytoy": "car", "fren": "tree"}
-    for trigger, word in stand_ins.items():
-        (token,) = pack.nodes.clip_patch.single_token_id(clip.tokenizer, word).values()
-        concept = dataclasses.replace(word_edit, trigger=trigger, embeddings={"l": table[token].detach().float().clone()})
-        _, patched = apply(pack, model, patched, concept.with_gate(strength=0.0))
+    for trigger, word in {"zorb": "dog", "blick": "table", "mytoy": "car", "fren": "tree"}.items():
+        _, patched = apply(pack, model, patched, stand_in(pack, clip, word_edit, trigger, word))
     encode = comfy_nodes.CLIPTextEncode().encode
     prompt, plain = "a zorb, a blick, a mytoy and a fren, sks ohwx", "a dog, a table, a car and a tree, sks ohwx"
     torch.testing.assert_close(encode(patched, prompt)[0][0][0], encode(clip, plain)[0][0][0], rtol=1e-5, atol=1e-5)
