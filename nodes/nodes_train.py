@@ -149,6 +149,14 @@ class TrainPerfusion(io.ComfyNode):
                     "grass'. Each image is then trained in its own caption instead of the built-in "
                     "templates, and images are not flipped (a caption may say left or right). Use it "
                     "for photos that show the concept with other things. Empty (default): templates.")),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01, optional=True, tooltip=(
+                    "S1: train only where denoising progress is at least this (0 = the first step, 1 = the "
+                    "last; default 0). The saved concept acts on the same window (ConceptGate can change it). "
+                    "Needs timestep_sets 1.")),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, optional=True, tooltip=(
+                    "S1: train only where denoising progress is at most this (default 1: to the last step). "
+                    "E.g. 0 to 0.6 trains and applies the concept on the first 60% of the steps, where "
+                    "shape and layout form.")),
             ],
             outputs=[
                 ConceptSocket.Output("concept", display_name="concept", tooltip=(
@@ -190,8 +198,8 @@ def train_perfusion(model: Any, clip: Any, vae: Any, images: torch.Tensor, trigg
                     gradient_checkpointing: bool, mask_source: str, checkpoint_every: int, output_name: str,
                     statistics_captions: int, resume_from: str = NO_RESUME, preview_every: int = 100,
                     preview_prompt: str = DEFAULT_PREVIEW_PROMPT, mask: torch.Tensor | None = None,
-                    what_to_train: str = TRAIN_PERFUSION, captions: str = "",
-                    unique_id: str | None = None) -> dict[str, Any]:
+                    what_to_train: str = TRAIN_PERFUSION, captions: str = "", start_percent: float = 0.0,
+                    end_percent: float = 1.0, unique_id: str | None = None) -> dict[str, Any]:
     """The node's work: {"ui": status text, "result": the five outputs}."""
     trigger, superclass = trigger_word.strip(), " ".join(superclass.split())
     problems = []
@@ -202,6 +210,7 @@ def train_perfusion(model: Any, clip: Any, vae: Any, images: torch.Tensor, trigg
     settings = TrainingSettings(steps=steps, batch_size=batch_size, grad_accumulation=grad_accumulation,
                                 lr_values=lr_values, lr_embedding=lr_embedding, beta=train_beta, tau=train_tau,
                                 seed=seed, resolution=resolution, timestep_sets=timestep_sets,
+                                start_percent=start_percent, end_percent=end_percent,
                                 train_values=what_to_train != TRAIN_EMBEDDING_ONLY,
                                 train_keys=what_to_train == TRAIN_NO_KEY_LOCK,
                                 captions=per_image,

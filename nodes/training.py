@@ -130,7 +130,9 @@ class PerfusionTrainer:
                                     text_encoder=host_model.text_encoder_id(clip), statistics=stats_id)
         # Textual inversion trains and ships the embedding alone: the edit stays off (strength 0).
         self.strength = 1.0 if settings.train_values else 0.0
-        self.train_gate = Gate(beta=settings.beta, tau=settings.tau, strength=self.strength)
+        # S1: the concept acts on the window it is trained on, in training, previews and the saved gate.
+        self.window = {"start_percent": settings.start_percent, "end_percent": settings.end_percent}
+        self.train_gate = Gate(beta=settings.beta, tau=settings.tau, strength=self.strength, **self.window)
         i_super = self._superclass_encoding(clip)
         self.trainables = ConceptTrainables(
             embeddings=word_embeddings(clip, superclass),
@@ -162,7 +164,8 @@ class PerfusionTrainer:
     def _concept(self, live: bool) -> Concept:
         if live:  # what the hooks see while training: the parameters themselves, the training gate
             return self.trainables.concept(self.header, self.u, self.train_gate)
-        return self.trainables.concept(self.header, self.u, Gate(strength=self.strength), self._summary(), live=False)
+        gate = Gate(strength=self.strength, **self.window)
+        return self.trainables.concept(self.header, self.u, gate, self._summary(), live=False)
 
     def _summary(self) -> dict:
         recent = self.losses[-20:]

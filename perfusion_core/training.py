@@ -23,6 +23,7 @@ from einops import rearrange, reduce
 
 from .concept import Concept, ConceptError, Gate, TextEncoderId
 from .prompt_text import SLOT, caption_lines, slot_problem, trigger_pattern
+from .schedule import window_timesteps
 
 # Reference-implementation style templates; "{}" is the trigger (or the superclass).
 PROMPT_TEMPLATES: tuple[str, ...] = (
@@ -67,6 +68,10 @@ class TrainingSettings:
     seed: int = 0
     resolution: int = 512
     timestep_sets: int = 1
+    # S1 (docs/method.md §8): train only on the timesteps of this window of denoising progress
+    # (0 = first step, 1 = last); the saved concept acts on the same window. The default is all.
+    start_percent: float = 0.0
+    end_percent: float = 1.0
     i_star_decay: float = 0.99
     flip_probability: float = 0.5
     templates: tuple[str, ...] = PROMPT_TEMPLATES
@@ -99,6 +104,7 @@ class TrainingSettings:
             out.append(f"tau must be in [0.001, 1], got {self.tau!r}")
         if not (isinstance(self.resolution, int) and 64 <= self.resolution <= 2048 and self.resolution % 64 == 0):
             out.append(f"resolution must be a multiple of 64 in [64, 2048], got {self.resolution!r}")
+        out += self._window_problems()
         if not (0.0 < self.i_star_decay < 1.0):
             out.append(f"i_star_decay must be in (0, 1), got {self.i_star_decay!r}")
         if not (0.0 <= self.flip_probability <= 1.0):
@@ -110,6 +116,25 @@ class TrainingSettings:
         out += [p for n, t in enumerate(self.templates, 1) if (p := slot_problem(t, f"templates: template {n}"))]
         out += [p for n, c in enumerate(self.captions, 1) if (p := slot_problem(c, f"captions: caption {n}"))]
         return out
+
+    def _window_problems(self) -> list[str]:
+        if not (0.0 <= self.start_percent < self.end_percent <= 1.0):
+            return [f"start_percent must be below end_percent, both in [0, 1], got {self.start_percent!r} "
+                    f"and {self.end_percent!r}"]
+        try:
+            window_timesteps(self.start_percent, self.end_percent, NUM_TRAIN_TIMESTEPS)
+        except ValueError as err:
+            return [f"start_percent/end_percent: {err}"]
+        if self.windowed and self.timestep_sets != 1:
+            # S2's sets split the whole timeline; a window would leave some of them untrained.
+            return [f"a training window (start_percent {self.start_percent}, end_percent {self.end_percent}) "
+                    f"needs timestep_sets 1, got {self.timestep_sets}: S1 and S2 are alternatives"]
+        return []
+
+    @property
+    def windowed(self) -> bool:
+        """S1: training (and the saved concept) covers only part of the timeline."""
+        return (self.start_percent, self.end_percent) != (0.0, 1.0)
 
     def prompts(self) -> tuple[str, ...]:
         """The prompts the concept is trained in: the per-image captions, else the templates."""
@@ -125,6 +150,9 @@ class TrainingSettings:
             key["captions"] = list(self.captions)
         else:
             key.pop("captions")
+        if not self.windowed:  # likewise for runs checkpointed before training windows existed
+            key.pop("start_percent")
+            key.pop("end_percent")
         return key
 
 
@@ -153,7 +181,8 @@ def micro_batch(settings: TrainingSettings, step: int, micro: int, num_images: i
     images = torch.randperm(num_images, generator=g)[:b] if b <= num_images else torch.randint(num_images, (b,), generator=g)
     flips = torch.rand(b, generator=g) < settings.flip_probability
     template = int(torch.randint(len(settings.templates), (1,), generator=g))
-    timesteps = torch.randint(NUM_TRAIN_TIMESTEPS, (b,), generator=g)
+    timesteps = torch.randint(*window_timesteps(settings.start_percent, settings.end_percent, NUM_TRAIN_TIMESTEPS),
+                              (b,), generator=g)
     noise_seed = int(torch.randint(2**62, (1,), generator=g))
     return MicroBatch(images=images, flips=flips, template=template, timesteps=timesteps, noise_seed=noise_seed)
 

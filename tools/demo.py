@@ -18,7 +18,9 @@ with all its folders in a throw-away directory:
    images of one particular teddy (``example_workflows/images``: white dots, top hat;
    a look the demo model never saw), then generates it on the beach, a
    setting none of its images shows;
-5. copies the images (and the concept files) to ``--out`` (default ``out/``).
+5. copies the images (and the concept files) to ``--out`` (default ``out/``), and
+   puts the training images, the base model's pictures of the superclass and the
+   trained concept's pictures side by side in ``contact_sheet.png`` there.
 
 The shipped workflows are the same files you load in the ComfyUI web UI,
 with the settings for a real SD1.5 checkpoint (512 px, training at the
@@ -56,6 +58,7 @@ DEFAULT_OUT = REPO_ROOT / "out"
 MIN_STATISTICS_CAPTIONS = 100
 # Text-encoder statistics survive between demo runs here (git-ignored); keyed by encoder weights and corpus.
 DEFAULT_STATISTICS_CACHE = REPO_ROOT / ".cache" / "perfusion_statistics"
+CONTACT_SHEET = "contact_sheet.png"
 
 
 class DemoError(RuntimeError):
@@ -81,7 +84,8 @@ STEPS: tuple[Step, ...] = (
     Step("concept_txt2img", "text to image with one concept (prompt 'a photo of a cat on the beach')"),
     Step("beta_sweep", "the same prompt at gate bias beta 0.4 ... 0.8 as one labelled grid"),
     Step("train_concept", f"train '{wf.TRIGGER}' ({wf.SUPERCLASS}) on the bundled images in example_workflows/images, "
-                          f"then generate 'a photo of a {wf.TRIGGER} on the beach'"),
+                          f"then generate '{wf.NEW_SETTINGS[0].format(wf.TRIGGER)}' and more, and the same "
+                          f"with '{wf.SUPERCLASS}' on the base model"),
 )
 
 
@@ -168,6 +172,26 @@ def sync_statistics(src: Path, dest: Path) -> list[str]:
     return copied
 
 
+def save_contact_sheet(out_dir: Path) -> Path:
+    """``out_dir/contact_sheet.png`` from the training images and what train_concept saved there."""
+    from tools.contact_sheet import contact_sheet
+    from tools.sample_images import IMAGES_DIR, SCENES
+
+    def shots(stem: str, word: str) -> list[tuple[Path, str]]:
+        return [(out_dir / f"{stem}_{n:05d}_.png", setting.format(word)) for n, setting in enumerate(wf.NEW_SETTINGS, 1)]
+
+    rows = [
+        ("What training saw: the bundled images", [(IMAGES_DIR / name, f"training image {n} ({scene[0]})")
+                                                    for n, (name, scene) in enumerate(zip(wf.TRAIN_IMAGES, SCENES), 1)]),
+        (f"Base model, the superclass word '{wf.SUPERCLASS}', in settings no training image shows",
+         shots("train_concept_base", wf.SUPERCLASS)),
+        (f"Trained concept '{wf.TRIGGER}' in the same settings, same seeds", shots("train_concept", wf.TRIGGER)),
+    ]
+    path = out_dir / CONTACT_SHEET
+    contact_sheet(rows).save(path)
+    return path
+
+
 def run_demo(checkpoint: Path | None, out_dir: Path, *, size: int | None = None, steps: int | None = None,
              statistics_captions: int | None = None, statistics_cache: Path | None = DEFAULT_STATISTICS_CACHE,
              timeout: float = 1800.0, keep_server_dir: bool = False,
@@ -246,6 +270,7 @@ def run_demo(checkpoint: Path | None, out_dir: Path, *, size: int | None = None,
             (out_dir / "concepts").mkdir(parents=True, exist_ok=True)
             shutil.copy2(trained, out_dir / "concepts" / trained.name)
             say(f"  trained concept: {out_dir / 'concepts' / trained.name} ({trained.stat().st_size // 1024} KiB)")
+            say(f"  contact sheet (training images | base model | trained concept): {save_contact_sheet(out_dir)}")
         for line in server.log_text().splitlines():
             if "Perfusion:" in line and "hooked" in line:
                 say(f"  server log: {line.strip()}")
@@ -308,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nDone in {time.perf_counter() - t0:.0f} s. Images in {args.out.resolve()}:")
     for path in images:
         print(f"  {path}")
+    if (args.out / CONTACT_SHEET).is_file():
+        print(f"What training did, side by side: {(args.out / CONTACT_SHEET).resolve()}")
     return 0
 
 

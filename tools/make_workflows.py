@@ -62,6 +62,9 @@ TRAIN_IMAGES: tuple[str, ...] = tuple(f"teddy_{n}.png" for n in range(4))
 TRAINED_CONCEPT = "demo_teddy"
 TRIGGER = "mytoy"
 SUPERCLASS = "teddy"
+# Where train_concept shows the trained concept, and the base model with the superclass word:
+# settings none of the training images shows ("{}" is the word).
+NEW_SETTINGS: tuple[str, ...] = ("a photo of a {} on the beach", "a photo of a {} and a cup on the beach")
 
 
 Prompt = dict[str, dict[str, Any]]
@@ -313,7 +316,8 @@ def beta_sweep() -> Prompt:
 
 
 def train_concept() -> Prompt:
-    """(e) Train a concept on the bundled teddy images, then generate it in a new setting."""
+    """(e) Train a concept on the bundled teddy images, then generate it, and the base model with the
+    superclass word, in settings the images do not show."""
     g = Graph()
     model, clip, vae = _checkpoint(g)
     images: Link | None = None
@@ -331,13 +335,20 @@ def train_concept() -> Prompt:
           resolution=REAL_MODEL.size, timestep_sets=1, gradient_checkpointing=REAL_MODEL.train_gradient_checkpointing,
           mask_source="mask input if connected", checkpoint_every=50, output_name=TRAINED_CONCEPT,
           statistics_captions=REAL_MODEL.statistics_captions, resume_from="none", preview_every=PREVIEW_EVERY,
-          preview_prompt="a photo of a {} on the beach")
+          preview_prompt=NEW_SETTINGS[0], captions="", start_percent=0.0, end_percent=1.0)
     g.add("loss", "SaveImage", "Save loss graph", images=g.out("train", 1), filename_prefix=f"{OUTPUT_PREFIX}/train_loss")
     g.add("previews", "SaveImage", "Save training previews", images=g.out("train", 3),
           filename_prefix=f"{OUTPUT_PREFIX}/train_previews")
-    model, clip = _apply(g, "apply", model, clip, g.out("train", 0), "Apply trained concept")
-    image, _, _ = _sample_and_decode(g, "", model, clip, vae, f"a photo of a {TRIGGER} on the beach", _latent(g))
-    _save(g, image, "train_concept")
+    latent = _latent(g)
+    trained = _apply(g, "apply", model, clip, g.out("train", 0), "Apply trained concept")
+    # The same seed and latent with and without the concept: what training changed, side by side.
+    for variant, (m, c), word, who in (("", trained, TRIGGER, "trained concept"),
+                                       ("_base", (model, clip), SUPERCLASS, "base model")):
+        shots = [_sample_and_decode(g, f"{variant}{n}", m, c, vae, setting.format(word), latent,
+                                    f"{who}, {setting.format(word)}")[0] for n, setting in enumerate(NEW_SETTINGS)]
+        g.add(f"batch{variant}", "ImageBatch", f"Batch images ({who})", image1=shots[0], image2=shots[1])
+        g.add(f"save{variant}", "SaveImage", f"Save images ({who})", images=g.out(f"batch{variant}"),
+              filename_prefix=f"{OUTPUT_PREFIX}/train_concept{variant}")
     return g.prompt
 
 
@@ -366,12 +377,13 @@ def render(name: str, object_info: Mapping[str, Any]) -> str:
     return json.dumps(api_to_ui(prompt, object_info), indent=2) + "\n"
 
 
-def load_api(name_or_path: str | Path, object_info: Mapping[str, Any]) -> Prompt:
-    """Read a shipped UI-format workflow and convert it to an API prompt for POST /prompt."""
+def load_api(name_or_path: str | Path, object_info: Mapping[str, Any], older_files: bool = False) -> Prompt:
+    """Read a shipped UI-format workflow and convert it to an API prompt for POST /prompt.
+    ``older_files``: a file saved before a node gained inputs (they get their defaults, as in the UI)."""
     path = Path(name_or_path)
     if path.suffix != ".json":
         path = workflow_path(str(name_or_path))
-    return ui_to_api(json.loads(path.read_text(encoding="utf-8")), object_info)
+    return ui_to_api(json.loads(path.read_text(encoding="utf-8")), object_info, older_files=older_files)
 
 
 def write_all(object_info: Mapping[str, Any], check: bool = False) -> list[str]:

@@ -25,10 +25,11 @@ SECOND_TRIGGER = "zwx"
 
 _SHORT = {"concept": "", "trigger": "", "train_beta": "tbeta", "lr_values": "lr", "timestep_sets": "tsets", "batch_size": "batch",
           "grad_accumulation": "accum", "statistics_captions": "stat", "embedding_only": "ti", "lr_embedding": "lremb",
-          "train_keys": "nolock", "fp8_base": "fp8", "composites": "comp"}
+          "train_keys": "nolock", "fp8_base": "fp8", "composites": "comp", "start_percent": "from",
+          "end_percent": "to"}
 # TrainSpec fields added after concepts were cached, with their defaults.
 _LATER_FIELDS = {"embedding_only": False, "lr_embedding": 0.006, "train_keys": False, "fp8_base": False,
-                 "composites": 0}
+                 "composites": 0, "start_percent": 0.0, "end_percent": 1.0}
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class TrainSpec:
     # Two-object renders of the concept beside another object, added to the shots; with any, every
     # image is trained in its own caption (TrainPerfusion's captions input) instead of the templates.
     composites: int = 0
+    # S1: trained only on this window of denoising progress (TrainPerfusion's start/end_percent).
+    start_percent: float = 0.0
+    end_percent: float = 1.0
 
     def what_to_train(self, train_node: ModuleType) -> str:
         """TrainPerfusion's what_to_train value: Perfusion, textual inversion or no key-lock."""
@@ -98,7 +102,8 @@ def train_concept(host: WorldHost, spec: TrainSpec) -> Any:
             mask_source="mask input if connected" if spec.masked else "none", checkpoint_every=0,
             output_name=name, statistics_captions=spec.statistics_captions, preview_every=0,
             mask=masks if spec.masked else None,
-            what_to_train=spec.what_to_train(nodes.nodes_train), captions=captions)["result"]
+            what_to_train=spec.what_to_train(nodes.nodes_train), captions=captions,
+            start_percent=spec.start_percent, end_percent=spec.end_percent)["result"]
     return result[0]
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from perfusion_core.concept import Gate, TextEncoderId
+from perfusion_core.schedule import window_timesteps
 from perfusion_core.training import (PROMPT_TEMPLATES, ConceptHeader, ConceptTrainables, TrainingError,
                                      TrainingSettings, gaussian_noise, latent_weights, masked_diffusion_loss,
                                      micro_batch, noise_prediction, parse_captions, square_crop)
@@ -92,6 +93,51 @@ def test_timesteps_and_flips_are_spread():
     t = torch.cat([d.timesteps for d in draws]).float()
     flips = torch.cat([d.flips for d in draws]).float()
     assert abs(t.mean() - 499.5) < 30 and abs(flips.mean() - 0.5) < 0.05
+
+
+def in_window_reference(t: int, start: float, end: float) -> bool:
+    """Independent: timestep t sits at denoising progress 1 - t / 999 (float64); 0 and 1 are open ends."""
+    progress = 1.0 - t / 999.0
+    return (start <= 0.0 or progress >= start) and (end >= 1.0 or progress <= end)
+
+
+@pytest.mark.parametrize("start, end", [(0.0, 1.0), (0.0, 0.6), (0.6, 1.0), (0.25, 0.5), (0.123, 0.877),
+                                        (0.999, 1.0), (0.0, 0.001)])
+def test_window_timesteps_are_exactly_those_inside_the_window(start, end):
+    low, high = window_timesteps(start, end)
+    inside = [t for t in range(1000) if in_window_reference(t, start, end)]
+    assert list(range(low, high)) == inside
+
+
+def test_window_timesteps_refuse_an_empty_or_reversed_window():
+    for start, end in ((0.5, 0.5), (0.6, 0.4), (-0.1, 0.5), (0.2, 1.5), (0.5006, 0.5014)):
+        with pytest.raises(ValueError, match="window"):
+            window_timesteps(start, end)
+
+
+def test_s1_training_draws_only_timesteps_inside_its_window():
+    s = TrainingSettings(batch_size=64, start_percent=0.0, end_percent=0.6)
+    t = torch.cat([micro_batch(s, step, 0, 4).timesteps for step in range(20)])
+    low, high = window_timesteps(0.0, 0.6)
+    assert (low, high) == (400, 1000) and int(t.min()) >= low and int(t.max()) < high
+    assert abs(float(t.float().mean()) - (low + high - 1) / 2) < 15  # spread over the whole window
+    # The whole timeline draws exactly what runs drew before windows existed (their checkpoints resume).
+    full = TrainingSettings(batch_size=4)
+    g = torch.Generator().manual_seed(1)
+    assert torch.equal(torch.randint(0, 1000, (9,), generator=torch.Generator().manual_seed(1)),
+                       torch.randint(1000, (9,), generator=g))
+    assert "start_percent" not in full.resume_key() and s.resume_key()["end_percent"] == 0.6
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"start_percent": 0.7, "end_percent": 0.3}, "start_percent must be below end_percent"),
+    ({"end_percent": 1.2}, "start_percent must be below end_percent"),
+    ({"start_percent": 0.5006, "end_percent": 0.5014}, "holds no training timestep"),
+    ({"end_percent": 0.6, "timestep_sets": 2}, "needs timestep_sets 1"),
+])
+def test_invalid_training_windows_are_named(changes, words):
+    problems = TrainingSettings(**changes).problems()
+    assert len(problems) == 1 and words in problems[0], problems
 
 
 def test_noise_is_gaussian_not_uniform():

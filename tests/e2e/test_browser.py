@@ -37,9 +37,10 @@ from tools.demo_models import QUICK_UI_WIDGETS, install_demo_models
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(p.stem for p in (REPO / "example_workflows").glob("*.json"))
-# Images each queued workflow shows on its SaveImage nodes. train_concept also saves its loss graph
-# and its previews; with the 4 steps set here (preview_every 100), only the one after the last step.
-SAVED_IMAGES = {"train_concept": 3}
+# Images each queued workflow shows on its SaveImage nodes. train_concept saves each new setting with
+# the concept and without, its loss graph and its previews; with the 4 steps set here (preview_every
+# 100), only the one after the last step.
+SAVED_IMAGES = {"train_concept": 2 + 2 * len(wf.NEW_SETTINGS)}
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,9 @@ import torch
 from PIL import Image
 
 from perfusion_core.concept_file import load_concept
+from tools import demo, sample_images
 from tools import make_workflows as wf
+from tools.contact_sheet import CELL, cell_origin
 from harness.comfy_server import ComfyServer
 from harness.node_inputs import combo_choices
 from harness.workflow_format import ui_to_api, widget_value_problems
@@ -238,7 +240,8 @@ def check_train_concept(server: ComfyServer, object_info: dict[str, Any], concep
     train.update(steps=TEST_TRAIN_STEPS, preview_every=TEST_TRAIN_STEPS // 2, checkpoint_every=TEST_TRAIN_STEPS // 2)
     run = Run(server, prompt)
     print(f"\ntrain_concept: {run.seconds:.1f} s")
-    assert len(run.images) == 4  # the loss graph, two previews (half-way, end) and the generated image
+    # The loss graph, two previews (half-way, end), and each new setting with the concept and without.
+    assert len(run.images) == 3 + 2 * len(wf.NEW_SETTINGS)
     graph, *images = sorted(run.images, key=lambda im: im.size[0], reverse=True)
     assert graph.size == (512, 256)
     for image in images:
@@ -309,19 +312,20 @@ def test_templates_are_served_from_example_workflows(server: ComfyServer) -> Non
 
 
 # The UI-format files as shipped before the nodes moved to ComfyUI's V3 schema (2026-11-30):
-# workflows users saved then must load with every widget value in place, and run.
+# workflows users saved then must load with every widget value in place, and run. Inputs added
+# since (TrainPerfusion's S1 window) take their defaults, as the web UI gives them to older files.
 SAVED = Path(__file__).resolve().parent / "saved_workflows"
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in SAVED.glob("*.json")))
 def test_workflows_saved_before_the_v3_nodes_still_load(name: str, object_info: dict[str, Any]) -> None:
-    prompt = wf.load_api(SAVED / f"{name}.json", object_info)
+    prompt = wf.load_api(SAVED / f"{name}.json", object_info, older_files=True)
     assert prompt and not widget_value_problems(prompt, object_info, check_combo_options=False)
 
 
 def test_a_workflow_saved_before_the_v3_nodes_still_runs(server: ComfyServer, object_info: dict[str, Any],
                                                          concepts: dict[str, Any]) -> None:
-    prompt = TINY_MODEL.apply(wf.load_api(SAVED / "concept_txt2img.json", object_info))
+    prompt = TINY_MODEL.apply(wf.load_api(SAVED / "concept_txt2img.json", object_info, older_files=True))
     run = Run(server, prompt)
     assert len(run.images) == 1 and run.hooks() == [(1, ["cat"], TINY_SD1_LAYERS, 2 * TINY_SD1_LAYERS)]
     assert_real_image(run.images[0], SIZE)
@@ -368,6 +372,18 @@ def test_demo_script(tmp_path: Path) -> None:
     # (probabilities above 0.99), so a pass is not luck: the demo really learned the concept.
     assert generated.background == "beach", generated
     assert [(o.category, o.concept) for o in generated.objects] == [("teddy", "polka_teddy")], generated
+    # The contact sheet: the training images, then the base model's and the concept's pictures, each
+    # picture scaled up (nearest) to one cell, in the order the demo names them.
+    sheet = Image.open(out / demo.CONTACT_SHEET).convert("RGB")
+    assert f"{out / demo.CONTACT_SHEET}" in proc.stdout
+    rows = [[sample_images.IMAGES_DIR / name for name in wf.TRAIN_IMAGES]] + [
+        [out / f"{stem}_{n:05d}_.png" for n in range(1, len(wf.NEW_SETTINGS) + 1)]
+        for stem in ("train_concept_base", "train_concept")]
+    for r, files in enumerate(rows):
+        for c, path in enumerate(files):
+            x, y = cell_origin(r, c)
+            cell = sheet.crop((x, y, x + CELL, y + CELL)).tobytes()
+            assert cell == Image.open(path).convert("RGB").resize((CELL, CELL), Image.Resampling.NEAREST).tobytes()
 
 
 def seen_by_judge(path: Path) -> Any:

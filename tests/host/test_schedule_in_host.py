@@ -80,6 +80,19 @@ def test_schedule_facts(tiny_sd1):
     assert sampling.percent_to_sigma(0.0) > SIGMAS_4[0] and sampling.percent_to_sigma(1.0) == 0.0
 
 
+@pytest.mark.parametrize("start, end", [(0.0, 0.6), (0.6, 1.0), (0.25, 0.5), (0.1, 0.9)])
+def test_s1_training_timesteps_are_those_the_hosts_window_admits(tiny_sd1, start, end):
+    """S1 trains on the timesteps whose sigma the applied concept's window admits, by ComfyUI's own
+    percent_to_sigma: every one of the 1000 training timesteps is in both or in neither."""
+    from perfusion_core.schedule import window_timesteps
+
+    sampling = tiny_sd1[0].model.model_sampling
+    sigma = sampling.sigma(torch.arange(1000, dtype=torch.float32)).double()
+    admitted = (sigma <= sampling.percent_to_sigma(start)) & (sigma >= sampling.percent_to_sigma(end))
+    low, high = window_timesteps(start, end)
+    assert torch.equal(admitted, (torch.arange(1000) >= low) & (torch.arange(1000) < high))
+
+
 def test_window_second_half(pack, tiny_sd1, word_edit, unpatched_4):
     """Window (0.5, 1.0): scale 0 on the two early steps, the strength on the two late ones, per sample."""
     model, clip = tiny_sd1

@@ -387,6 +387,24 @@ def test_timestep_sets_train_only_the_drawn_intervals(pack, pipeline):
         assert moved == (s in drawn), f"set {s}: moved={moved}, drawn sets {sorted(drawn)}"
 
 
+def test_s1_window_trains_and_applies_on_the_same_interval(pack, pipeline):
+    """start/end_percent: only timesteps inside the window are drawn (their sigmas lie in the window
+    by ComfyUI's percent_to_sigma), and the saved concept's gate carries the same window."""
+    from perfusion_core.training import TrainingSettings, micro_batch
+
+    concept = train(pack, pipeline, steps=2, end_percent=0.5)[0]
+    assert (concept.gate.start_percent, concept.gate.end_percent) == (0.0, 0.5)
+    assert concept.training["settings"]["end_percent"] == 0.5
+    settings = TrainingSettings(steps=2, batch_size=2, grad_accumulation=1, resolution=RESOLUTION, end_percent=0.5)
+    sampling = pipeline[0].model.model_sampling
+    drawn = torch.cat([micro_batch(settings, step, 0, 4).timesteps for step in range(2)])
+    assert bool((sampling.sigma(drawn.float()) >= sampling.percent_to_sigma(0.5)).all())
+    whole = train(pack, pipeline, steps=2, output_name="test_concept_whole")[0]
+    assert (whole.gate.start_percent, whole.gate.end_percent) == (0.0, 1.0)
+    layer = next(iter(concept.v_targets))
+    assert not torch.equal(concept.v_targets[layer], whole.v_targets[layer]), "other timesteps, other training"
+
+
 def test_trains_on_fp8_loaded_base(pack, pipeline, tmp_path_factory, tiny_sd1_checkpoint):
     import folder_paths
     import nodes as comfy_nodes
@@ -488,6 +506,8 @@ def test_previews_sample_without_changing_the_training(pack, pipeline):
     ({"captions": "a {}\nb {}"}, "captions: 2 caption.* for 4 image"),
     ({"captions": "a photo"}, "captions: line 1 names neither"),
     ({"captions": "a {} and a {}"}, "caption 1 must contain"),
+    ({"start_percent": 0.7, "end_percent": 0.3}, "start_percent must be below end_percent"),
+    ({"end_percent": 0.6, "timestep_sets": 2}, "needs timestep_sets 1"),
 ])
 def test_bad_inputs_are_named(pack, pipeline, overrides, message):
     with pytest.raises(TrainingError, match=message):
