@@ -155,8 +155,8 @@ class TrainPerfusion(io.ComfyNode):
                     "Needs timestep_sets 1.")),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, optional=True, tooltip=(
                     "S1: train only where denoising progress is at most this (default 1: to the last step). "
-                    "E.g. 0 to 0.6 trains and applies the concept on the first 60% of the steps, where "
-                    "shape and layout form.")),
+                    "E.g. start 0.4, end 1: the concept is trained and applied on the last 60% of the steps, "
+                    "where details are drawn; the first ones, where layout forms, stay the base model's.")),
             ],
             outputs=[
                 ConceptSocket.Output("concept", display_name="concept", tooltip=(
