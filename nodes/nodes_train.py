@@ -150,11 +150,12 @@ class TrainPerfusion(io.ComfyNode):
                     "templates, and images are not flipped (a caption may say left or right). Use it "
                     "for photos that show the concept with other things. Empty (default): templates.")),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01, optional=True, tooltip=(
-                    "S1: train only where denoising progress is at least this (0 = the first step, 1 = the "
-                    "last; default 0). The saved concept acts on the same window (ConceptGate can change it). "
+                    "S1: train only where denoising progress is at least this (0-1: 0 = the first step, 1 = "
+                    "the last; default 0). The saved concept acts on the same window (ConceptGate can change it). "
                     "Needs timestep_sets 1.")),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, optional=True, tooltip=(
-                    "S1: train only where denoising progress is at most this (default 1: to the last step). "
+                    "S1: train only where denoising progress is at most this (0-1, default 1: to the last "
+                    "step). "
                     "E.g. start 0.4, end 1: the concept is trained and applied on the last 60% of the steps, "
                     "where details are drawn; the first ones, where layout forms, stay the base model's.")),
             ],
