@@ -342,10 +342,11 @@ def train_concept() -> Prompt:
     latent = _latent(g)
     trained = _apply(g, "apply", model, clip, g.out("train", 0), "Apply trained concept")
     # The same seed and latent with and without the concept: what training changed, side by side.
-    for variant, (m, c), word, who in (("", trained, TRIGGER, "trained concept"),
-                                       ("_base", (model, clip), SUPERCLASS, "base model")):
+    for variant, (m, c), word, who, short in (("", trained, TRIGGER, "trained concept", "concept"),
+                                              ("_base", (model, clip), SUPERCLASS, "base model", "base")):
+        # Short titles: the web UI widens a node to its title, over the next column.
         shots = [_sample_and_decode(g, f"{variant}{n}", m, c, vae, setting.format(word), latent,
-                                    f"{who}, {setting.format(word)}")[0] for n, setting in enumerate(NEW_SETTINGS)]
+                                    f"{short} {n + 1}")[0] for n, setting in enumerate(NEW_SETTINGS)]
         g.add(f"batch{variant}", "ImageBatch", f"Batch images ({who})", image1=shots[0], image2=shots[1])
         g.add(f"save{variant}", "SaveImage", f"Save images ({who})", images=g.out(f"batch{variant}"),
               filename_prefix=f"{OUTPUT_PREFIX}/train_concept{variant}")
