@@ -1,8 +1,11 @@
 """Build the world model from nothing: ``python -m world.build [--steps N]``.
 
 Stages, each cached under ``.cache/world`` so an interrupted build resumes:
-caption embeddings -> VAE -> latents of the pretraining images -> UNet ->
-``world/weights/world-sd15-unet-vae.safetensors`` (the committed artefact).
+caption embeddings -> VAE -> latents of the pretraining images -> the two
+judges -> UNet -> ``world/weights/world-sd15-unet-vae.safetensors`` (the
+committed artefacts: that file and the judges'). ``--judges-only`` trains
+whichever judge file is missing against the committed world's VAE (as it is
+stored, in float16), without the other stages.
 Deterministic for a given torch build: every random choice comes from a seed.
 About 80 minutes on a 2-core CPU for the default 3000 steps; ``--device cuda``
 runs the caption and UNet stages on a GPU (the VAE, judge and latents stay on
@@ -23,8 +26,8 @@ from harness.comfy_host import REPO_ROOT, import_host
 from world.autoencoder import new_taesd, train_autoencoder
 from world.captions import cached_encode
 from world.dataset import EMPTY_CAPTION, images, pretraining_set
-from world.judge import JUDGE_WEIGHTS, save_judge, train_judge
-from world.model import WEIGHTS, new_unet, save_weights
+from world.judge import JUDGE_WEIGHTS, PARTS_JUDGE_WEIGHTS, save_judge, train_judge
+from world.model import WEIGHTS, load_world_taesd, new_unet, save_weights
 from world.pretrain import PretrainSettings, encode_latents, pretrain
 
 CACHE = REPO_ROOT / ".cache" / "world"
@@ -41,6 +44,18 @@ def _use_fused_attention() -> None:
     import comfy.ldm.modules.attention as attention
 
     attention.optimized_attention = attention.attention_pytorch
+
+
+# The parts judge has more to read (two more heads, look-alikes that differ in one small part).
+PARTS_JUDGE_STEPS, PARTS_JUDGE_SCENES = 2000, 10000
+
+
+def train_missing_judges(taesd: torch.nn.Module) -> None:
+    if not JUDGE_WEIGHTS.is_file():
+        save_judge(train_judge(taesd, log=_log))
+    if not PARTS_JUDGE_WEIGHTS.is_file():
+        judge = train_judge(taesd, steps=PARTS_JUDGE_STEPS, n=PARTS_JUDGE_SCENES, parts=True, log=_log)
+        _log(f"wrote {save_judge(judge, PARTS_JUDGE_WEIGHTS)}")
 
 
 def build(out: Path = WEIGHTS, steps: int = PretrainSettings.steps, vae_steps: int = 2500,
@@ -70,8 +85,7 @@ def build(out: Path = WEIGHTS, steps: int = PretrainSettings.steps, vae_steps: i
         save_file({"latents": latents.contiguous()}, str(latent_path))
     _log(f"latents {tuple(latents.shape)} mean {latents.mean():.3f} std {latents.std():.3f}")
 
-    if not JUDGE_WEIGHTS.is_file():
-        save_judge(train_judge(taesd, log=_log))
+    train_missing_judges(taesd)
 
     rows = index[1:].reshape(len(data.scenes), -1)  # row 0 is the empty caption
     empty_row = int(index[0])
@@ -94,7 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae-steps", type=int, default=2500)
     parser.add_argument("--device", default="cpu", help="torch device of the caption and UNet stages")
     parser.add_argument("--out", type=Path, default=WEIGHTS)
+    parser.add_argument("--judges-only", action="store_true", help="train the missing judge files, nothing else")
     args = parser.parse_args(argv)
+    if args.judges_only:
+        train_missing_judges(load_world_taesd())
+        return 0
     path = build(args.out, args.steps, args.vae_steps, args.batch, args.device)
     _log(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0

@@ -9,6 +9,14 @@ then counts of right answers, see ``world.metrics``.
 It is trained on ground-truth renders, half of them passed through the world
 VAE and lightly blurred, so that it reads generated images (which are decoded
 by that VAE) as well as clean ones.
+
+Two judges share this code. The first (``judge.safetensors``, which the
+evidence tables of today were measured with) reads identity as one more
+label, and so credits partial likeness. The parts judge
+(``judge-parts.safetensors``) reads a slot's pattern and accessory instead and
+calls an object a concept only when category, colour, pattern and accessory
+are all the concept's; it is trained with hard negatives, objects carrying
+some of a concept's parts (``world.scenes.look_alikes``).
 """
 
 from __future__ import annotations
@@ -28,25 +36,37 @@ from torch import nn
 
 from world.dataset import images
 from world.scenes import (
+    ACCESSORIES,
     BACKGROUNDS,
     CATEGORIES,
     COLOURS,
     CONCEPTS,
+    HIDDEN_COLOURS,
     IDENTITIES,
+    PATTERNS,
     SLOTS,
     Scene,
+    WorldObject,
+    is_concept,
+    look_alikes,
     sample_scene,
 )
 
 JUDGE_WEIGHTS = Path(__file__).resolve().parent / "weights" / "judge.safetensors"
+PARTS_JUDGE_WEIGHTS = JUDGE_WEIGHTS.with_name("judge-parts.safetensors")
 WHAT = ("nothing",) + CATEGORIES
+PATTERN_CLASSES = (None,) + PATTERNS
+ACCESSORY_CLASSES = (None,) + ACCESSORIES
 HEADS = {"background": len(BACKGROUNDS), "what": len(WHAT), "colour": len(COLOURS), "identity": len(IDENTITIES)}
+PARTS_HEADS = {"background": len(BACKGROUNDS), "what": len(WHAT), "colour": len(COLOURS),
+               "pattern": len(PATTERN_CLASSES), "accessory": len(ACCESSORY_CLASSES)}
 
 
 class Judge(nn.Module):
-    """64 px image -> logits: background [B, 5]; per slot what [B, 3, 5], colour [B, 3, 7], identity [B, 3, 4]."""
+    """64 px image -> logits: background [B, 5]; per slot what [B, 3, 5], colour [B, 3, 7], and
+    identity [B, 3, 4] (``HEADS``) or pattern and accessory [B, 3, 4] each (``PARTS_HEADS``)."""
 
-    def __init__(self, width: int = 48) -> None:
+    def __init__(self, width: int = 48, heads: dict[str, int] = HEADS) -> None:
         super().__init__()
 
         def down(cin: int, cout: int) -> nn.Sequential:
@@ -60,7 +80,11 @@ class Judge(nn.Module):
         self.background = nn.Linear(2 * width, HEADS["background"])
         # A slot reads its own third of the image (columns), pooled over the rows.
         self.slot = nn.Sequential(nn.Linear(2 * width * 8, 256), nn.SiLU())
-        self.heads = nn.ModuleDict({k: nn.Linear(256, n) for k, n in HEADS.items() if k != "background"})
+        self.heads = nn.ModuleDict({k: nn.Linear(256, n) for k, n in heads.items() if k != "background"})
+
+    @property
+    def reads_parts(self) -> bool:
+        return "pattern" in self.heads
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         f = self.features(image * 2 - 1)  # [B, C, 8, 8]
@@ -75,28 +99,56 @@ class Judge(nn.Module):
 class Labels:
     background: torch.Tensor  # [N]
     what: torch.Tensor        # [N, 3]
-    colour: torch.Tensor      # [N, 3], -1 where the slot is empty
-    identity: torch.Tensor    # [N, 3], -1 where the slot is empty
+    colour: torch.Tensor      # [N, 3], -1 where the slot is empty (as for the rest)
+    identity: torch.Tensor    # [N, 3]
+    pattern: torch.Tensor     # [N, 3], an index into PATTERN_CLASSES
+    accessory: torch.Tensor   # [N, 3], an index into ACCESSORY_CLASSES
+
+    def __getitem__(self, idx: torch.Tensor) -> Labels:
+        return Labels(*(getattr(self, f)[idx] for f in Labels.__dataclass_fields__))
 
 
 def labels(scenes: list[Scene]) -> Labels:
     bg = torch.tensor([BACKGROUNDS.index(s.background) for s in scenes])
     what = torch.zeros(len(scenes), 3, dtype=torch.long)
-    colour = torch.full((len(scenes), 3), -1)
-    identity = torch.full((len(scenes), 3), -1)
+    per_slot = {k: torch.full((len(scenes), 3), -1) for k in ("colour", "identity", "pattern", "accessory")}
     for i, s in enumerate(scenes):
         for o in s.objects:
             j = SLOTS.index(o.slot)
             what[i, j] = WHAT.index(o.category)
-            colour[i, j] = COLOURS.index(o.colour)
-            identity[i, j] = IDENTITIES.index(o.identity)
-    return Labels(bg, what, colour, identity)
+            per_slot["colour"][i, j] = COLOURS.index(o.colour)
+            per_slot["identity"][i, j] = IDENTITIES.index(o.identity)
+            per_slot["pattern"][i, j] = PATTERN_CLASSES.index(o.pattern)
+            per_slot["accessory"][i, j] = ACCESSORY_CLASSES.index(o.accessory)
+    return Labels(bg, what, **per_slot)
 
 
-def judge_scenes(n: int, seed: int) -> list[Scene]:
-    """Half pretraining-like scenes, half with a held-out concept as (one of) the object(s)."""
+def judge_scenes(n: int, seed: int, look_alike_share: float = 0.0) -> list[Scene]:
+    """Half pretraining-like scenes, half with a held-out concept as (one of) the object(s); with
+    ``look_alike_share``, that share of the pretraining-like ones has a concept's look-alike as
+    its first object (``world.scenes.look_alikes``), in a colour that shows on the background."""
     rng = random.Random(seed)
-    return [sample_scene(rng, concepts=CONCEPTS if i % 2 else ()) for i in range(n)]
+    scenes = [sample_scene(rng, concepts=CONCEPTS if i % 2 else ()) for i in range(n)]
+    if not look_alike_share:
+        return scenes
+    pool = [x for c in CONCEPTS for x in look_alikes(c)]
+    for i in range(0, n, 2):
+        if rng.random() < look_alike_share:
+            scenes[i] = with_look_alike(scenes[i], rng.choice(pool))
+    return scenes
+
+
+def with_look_alike(scene: Scene, parts: tuple[str, str, str | None, str | None]) -> Scene:
+    """``scene`` with its first object replaced by one with these (category, colour, pattern,
+    accessory), on a background the colour shows on."""
+    category, colour, pattern, accessory = parts
+    first = scene.objects[0]
+    background = scene.background
+    if colour in HIDDEN_COLOURS[background]:
+        background = next(b for b in BACKGROUNDS if colour not in HIDDEN_COLOURS[b])
+    rest = tuple(o for o in scene.objects[1:] if o.colour not in HIDDEN_COLOURS[background])
+    obj = WorldObject(category, colour, first.slot, first.size, first.flipped, None, pattern, accessory)
+    return Scene(background, (obj,) + rest, scene.jitter_seed)
 
 
 def like_generated(taesd: torch.nn.Module, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -112,24 +164,25 @@ def like_generated(taesd: torch.nn.Module, x: torch.Tensor, seed: int = 0) -> to
 def loss_and_hits(judge: Judge, x: torch.Tensor, y: Labels) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     out = judge(x)
     losses = [F.cross_entropy(out["background"], y.background),
-              F.cross_entropy(out["what"].flatten(0, 1), y.what.flatten()),
-              F.cross_entropy(out["colour"].flatten(0, 1), y.colour.flatten(), ignore_index=-1),
-              F.cross_entropy(out["identity"].flatten(0, 1), y.identity.flatten(), ignore_index=-1)]
+              F.cross_entropy(out["what"].flatten(0, 1), y.what.flatten())]
     hits = {"background": out["background"].argmax(-1) == y.background, "what": out["what"].argmax(-1) == y.what}
-    for k in ("colour", "identity"):
+    for k in (k for k in judge.heads if k != "what"):  # per occupied slot
         target = getattr(y, k)
+        losses.append(F.cross_entropy(out[k].flatten(0, 1), target.flatten(), ignore_index=-1))
         hits[k] = (out[k].argmax(-1) == target)[target >= 0]
     return sum(losses), hits
 
 
 def train_judge(taesd: torch.nn.Module, steps: int = 1500, batch: int = 64, n: int = 8000, seed: int = 0,
-                log: Callable[[str], None] = print) -> Judge:
+                log: Callable[[str], None] = print, parts: bool = False) -> Judge:
+    """The identity judge, or with ``parts`` the parts judge (a third of its scenes carry a
+    look-alike)."""
     torch.manual_seed(seed)
-    scenes = judge_scenes(n, seed=1000 + seed)
+    scenes = judge_scenes(n, seed=1000 + seed, look_alike_share=2 / 3 if parts else 0.0)
     clean = images(scenes)
     x = torch.cat([clean[: n // 2], like_generated(taesd, clean[n // 2:], seed)])
     y = labels(scenes)
-    judge = Judge()
+    judge = Judge(heads=PARTS_HEADS if parts else HEADS)
     opt = torch.optim.AdamW(judge.parameters(), lr=2e-3, weight_decay=0.01)
     start = time.time()
     for step in range(steps):
@@ -137,7 +190,7 @@ def train_judge(taesd: torch.nn.Module, steps: int = 1500, batch: int = 64, n: i
         for g in opt.param_groups:
             g["lr"] = lr
         idx = torch.randint(0, n, (batch,))
-        loss, _ = loss_and_hits(judge, x[idx], Labels(*(getattr(y, f)[idx] for f in Labels.__dataclass_fields__)))
+        loss, _ = loss_and_hits(judge, x[idx], y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -158,15 +211,15 @@ def accuracy(judge: Judge, x: torch.Tensor, scenes: list[Scene]) -> dict[str, fl
 
 
 def _same(a: Scene, b: Scene) -> bool:
-    key = lambda s: (s.background, sorted((o.slot, o.category, o.colour, o.identity) for o in s.objects))
+    key = lambda s: (s.background, sorted((o.slot, o.category, o.colour, o.identity, str(o.pattern), str(o.accessory))
+                                          for o in s.objects))
     return key(a) == key(b)
 
 
 @torch.no_grad()
 def read_scenes(judge: Judge, x: torch.Tensor, batch: int = 256) -> list[Scene]:
-    """What the judge sees in each image, as scenes (sizes and pose are not judged: "big", False)."""
-    from world.scenes import WorldObject
-
+    """What the judge sees in each image, as scenes (sizes and pose are not judged: "big", False).
+    The parts judge's objects carry the parts it read, and are a concept when all parts are one's."""
     out: list[Scene] = []
     for i in range(0, len(x), batch):
         logits = judge.eval()(x[i:i + batch])
@@ -177,8 +230,15 @@ def read_scenes(judge: Judge, x: torch.Tensor, batch: int = 256) -> list[Scene]:
                 what = WHAT[pred["what"][b, j]]
                 if what == "nothing":
                     continue
+                colour = COLOURS[pred["colour"][b, j]]
+                if judge.reads_parts:
+                    pattern = PATTERN_CLASSES[pred["pattern"][b, j]]
+                    accessory = ACCESSORY_CLASSES[pred["accessory"][b, j]]
+                    concept = is_concept(what, colour, pattern, accessory)
+                    objects.append(WorldObject(what, colour, slot, "big", False, concept, pattern, accessory))
+                    continue
                 identity = IDENTITIES[pred["identity"][b, j]]
-                objects.append(WorldObject(what, COLOURS[pred["colour"][b, j]], slot, "big", False,
+                objects.append(WorldObject(what, colour, slot, "big", False,
                                            None if identity == "generic" else identity))
             out.append(Scene(BACKGROUNDS[pred["background"][b]], tuple(objects)))
     return out
@@ -191,8 +251,10 @@ def save_judge(judge: Judge, path: Path = JUDGE_WEIGHTS) -> Path:
 
 
 def load_judge(path: Path = JUDGE_WEIGHTS) -> Judge:
+    """Either judge: which one the file holds is read from its heads."""
     if not path.is_file():
         raise FileNotFoundError(f"judge weights missing: {path} (python -m world.build makes them)")
-    judge = Judge()
-    judge.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+    state = {k: v.float() for k, v in load_file(str(path)).items()}
+    judge = Judge(heads=PARTS_HEADS if "heads.pattern.weight" in state else HEADS)
+    judge.load_state_dict(state)
     return judge.eval()

@@ -92,3 +92,13 @@ def world_checkpoint(dest_dir: Path | None = None, weights: Path = WEIGHTS) -> P
                                        metadata={"perfusion.world": "world model, text encoder seed 0"})
     marker.write_text(stamp)
     return path
+
+
+def load_world_taesd(weights: Path = WEIGHTS) -> torch.nn.Module:
+    """The committed world's VAE as a float32 TAESD module (the checkpoint stores float16)."""
+    from world.autoencoder import new_taesd
+
+    state = load_file(str(weights))
+    taesd = new_taesd()
+    taesd.load_state_dict({k[len(VAE_PREFIX):]: v.float() for k, v in state.items() if k.startswith(VAE_PREFIX)})
+    return taesd.requires_grad_(False).eval()

@@ -9,6 +9,7 @@ pixels.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -76,7 +77,20 @@ def _star(cx: float, cy: float, r: float) -> list[tuple[float, float]]:
     return [(cx + q * np.cos(a), cy - q * np.sin(a)) for a, q in zip(angles, radii)]
 
 
-def _teddy(p: _Painter, x: float, ground: float, h: float, colour: tuple, d: int, concept: str | None) -> None:
+@dataclass(frozen=True)
+class _Anchors:
+    """Where a category's parts go: the body's centre (px) and half-extents (units of the height
+    h), the y of the body's top edge, the point a hat sits over and a collar hangs under (the
+    head, or what stands for it), and the point a badge is pinned to."""
+
+    body: tuple[float, float]
+    reach: tuple[float, float]
+    top: float
+    head: tuple[float, float]
+    front: tuple[float, float]
+
+
+def _teddy(p: _Painter, x: float, ground: float, h: float, colour: tuple, d: int) -> _Anchors:
     dark = _shade(colour, 0.65)
     body_y, head_y = ground - 0.33 * h, ground - 0.72 * h
     for side in (-1, 1):
@@ -89,16 +103,10 @@ def _teddy(p: _Painter, x: float, ground: float, h: float, colour: tuple, d: int
     for side in (-1, 1):
         p.ellipse(x + side * 0.065 * h, head_y - 0.03 * h, 0.025 * h, 0.025 * h, (20, 20, 20))
     p.ellipse(x, head_y + 0.045 * h, 0.03 * h, 0.022 * h, (35, 20, 10))
-    if concept == "polka_teddy":
-        for dx, dy in ((-0.1, -0.1), (0.09, -0.05), (-0.05, 0.08), (0.1, 0.12), (0.0, -0.02), (-0.13, 0.05)):
-            p.ellipse(x + dx * h, body_y + dy * h, 0.035 * h, 0.035 * h, (250, 250, 250))
-        p.rect(x - 0.2 * h, head_y - 0.16 * h, x + 0.2 * h, head_y - 0.12 * h, (15, 15, 15))  # hat brim
-        p.rect(x - 0.12 * h, head_y - 0.36 * h, x + 0.12 * h, head_y - 0.14 * h, (15, 15, 15))
-        p.rect(x - 0.12 * h, head_y - 0.2 * h, x + 0.12 * h, head_y - 0.16 * h, (200, 30, 30))  # hat band
+    return _Anchors((x, body_y), (0.22, 0.27), body_y - 0.27 * h, (x, head_y), (x, body_y))
 
 
-def _cat(p: _Painter, x: float, ground: float, h: float, colour: tuple, d: int, concept: str | None) -> None:
-    dark = _shade(colour, 0.6)
+def _cat(p: _Painter, x: float, ground: float, h: float, colour: tuple, d: int) -> _Anchors:
     body_y = ground - 0.3 * h
     p.line([(x - d * 0.32 * h, body_y), (x - d * 0.45 * h, body_y - 0.2 * h), (x - d * 0.38 * h, body_y - 0.42 * h)],
            colour, 0.07 * h)                                                                   # tail
@@ -113,14 +121,10 @@ def _cat(p: _Painter, x: float, ground: float, h: float, colour: tuple, d: int, 
     for side in (-1, 1):
         p.ellipse(hx + side * 0.06 * h, hy - 0.02 * h, 0.028 * h, 0.035 * h, (30, 130, 40))
     p.ellipse(hx, hy + 0.05 * h, 0.022 * h, 0.016 * h, (220, 120, 130))
-    if concept == "tabby_cat":
-        for sx in (-0.2, -0.08, 0.04, 0.16):
-            p.rect(x + d * sx * h - 0.025 * h, body_y - 0.16 * h, x + d * sx * h + 0.025 * h, body_y + 0.05 * h, dark)
-        p.rect(hx - 0.13 * h, hy + 0.1 * h, hx + 0.13 * h, hy + 0.16 * h, (215, 25, 35))      # collar
-        p.ellipse(hx, hy + 0.19 * h, 0.035 * h, 0.035 * h, (240, 200, 40))                    # bell
+    return _Anchors((x, body_y), (0.36, 0.17), body_y - 0.17 * h, (hx, hy), (x, body_y))
 
 
-def _chair(p: _Painter, x: float, ground: float, h: float, colour: tuple, d: int, concept: str | None) -> None:
+def _chair(p: _Painter, x: float, ground: float, h: float, colour: tuple, d: int) -> _Anchors:
     dark = _shade(colour, 0.7)
     w = 0.27 * h
     for lx in (-w, w - 0.05 * h):
@@ -129,19 +133,60 @@ def _chair(p: _Painter, x: float, ground: float, h: float, colour: tuple, d: int
     p.rect(x + w - 0.06 * h, ground - 1.0 * h, x + w + 0.02 * h, ground - 0.45 * h, dark)
     p.rect(x - w, ground - 0.95 * h, x + w, ground - 0.68 * h, colour, radius=0.03 * h)     # backrest
     p.rect(x - w - 0.04 * h, ground - 0.5 * h, x + w + 0.04 * h, ground - 0.42 * h, colour)  # seat
+    # The backrest is the chair's body: patterns go on it, a hat sits on it, a badge hangs on it.
+    back_y = ground - 0.815 * h
+    return _Anchors((x, back_y), (0.27, 0.135), ground - 0.95 * h, (x, ground - 0.95 * h + 0.14 * h), (x, back_y))
 
 
-def _cup(p: _Painter, x: float, ground: float, h: float, colour: tuple, d: int, concept: str | None) -> None:
+def _cup(p: _Painter, x: float, ground: float, h: float, colour: tuple, d: int) -> _Anchors:
     top, half = ground - 0.7 * h, 0.27 * h
     p.ring(x + d * (half + 0.02 * h), ground - 0.38 * h, 0.14 * h, 0.16 * h, _shade(colour, 0.8), 0.06 * h)
     p.rect(x - half, top, x + half, ground, colour, radius=0.08 * h)
     p.ellipse(x, top + 0.02 * h, half, 0.06 * h, _shade(colour, 0.55))                      # rim
-    if concept == "striped_cup":
-        for sy in (0.2, 0.36, 0.52):
-            p.rect(x - half, top + sy * h, x + half, top + (sy + 0.07) * h, (210, 30, 35))
-        p.polygon(_star(x, top + 0.43 * h, 0.12 * h), (245, 200, 30))
+    return _Anchors((x, ground - 0.35 * h), (0.27, 0.35), top, (x, top + 0.14 * h), (x, top + 0.43 * h))
 
 
+# Each part is drawn as on the concept it comes from (its home category); on another category
+# its offsets stretch with that category's body (the factor is exactly 1 at home).
+def _white_dots(p: _Painter, a: _Anchors, h: float, colour: tuple, d: int) -> None:
+    (x, body_y), (kx, ky) = a.body, (a.reach[0] / 0.22, a.reach[1] / 0.27)  # home: the teddy
+    for dx, dy in ((-0.1, -0.1), (0.09, -0.05), (-0.05, 0.08), (0.1, 0.12), (0.0, -0.02), (-0.13, 0.05)):
+        p.ellipse(x + dx * kx * h, body_y + dy * ky * h, 0.035 * h, 0.035 * h, (250, 250, 250))
+
+
+def _dark_stripes(p: _Painter, a: _Anchors, h: float, colour: tuple, d: int) -> None:
+    (x, body_y), (kx, ky) = a.body, (a.reach[0] / 0.36, a.reach[1] / 0.17)  # home: the cat
+    dark = _shade(colour, 0.6)
+    for sx in (-0.2, -0.08, 0.04, 0.16):
+        p.rect(x + d * (sx * kx) * h - 0.025 * h, body_y - 0.16 * ky * h,
+               x + d * (sx * kx) * h + 0.025 * h, body_y + 0.05 * ky * h, dark)
+
+
+def _red_stripes(p: _Painter, a: _Anchors, h: float, colour: tuple, d: int) -> None:
+    x, half, ky = a.body[0], a.reach[0] * h, a.reach[1] / 0.35  # home: the cup
+    for sy in (0.2, 0.36, 0.52):
+        p.rect(x - half, a.top + sy * ky * h, x + half, a.top + (sy + 0.07) * ky * h, (210, 30, 35))
+
+
+def _top_hat(p: _Painter, a: _Anchors, h: float, colour: tuple, d: int) -> None:
+    x, head_y = a.head
+    p.rect(x - 0.2 * h, head_y - 0.16 * h, x + 0.2 * h, head_y - 0.12 * h, (15, 15, 15))  # brim
+    p.rect(x - 0.12 * h, head_y - 0.36 * h, x + 0.12 * h, head_y - 0.14 * h, (15, 15, 15))
+    p.rect(x - 0.12 * h, head_y - 0.2 * h, x + 0.12 * h, head_y - 0.16 * h, (200, 30, 30))  # band
+
+
+def _star_badge(p: _Painter, a: _Anchors, h: float, colour: tuple, d: int) -> None:
+    p.polygon(_star(a.front[0], a.front[1], 0.12 * h), (245, 200, 30))
+
+
+def _red_collar(p: _Painter, a: _Anchors, h: float, colour: tuple, d: int) -> None:
+    hx, hy = a.head
+    p.rect(hx - 0.13 * h, hy + 0.1 * h, hx + 0.13 * h, hy + 0.16 * h, (215, 25, 35))
+    p.ellipse(hx, hy + 0.19 * h, 0.035 * h, 0.035 * h, (240, 200, 40))                        # bell
+
+
+_PARTS = {"white dots": _white_dots, "dark stripes": _dark_stripes, "red stripes": _red_stripes,
+          "top hat": _top_hat, "star": _star_badge, "red collar": _red_collar}
 _DRAW = {"teddy": _teddy, "cat": _cat, "chair": _chair, "cup": _cup}
 
 
@@ -170,9 +215,13 @@ def _draw_object(p: _Painter, o: WorldObject, rng: random.Random) -> None:
     h = HEIGHT[o.size] * rng.uniform(0.94, 1.06) * _CANVAS
     x = (SLOT_X[o.slot] + rng.uniform(-0.03, 0.03)) * _CANVAS
     ground = (GROUND_Y + rng.uniform(-0.03, 0.03)) * _CANVAS
+    d = -1 if o.flipped else 1
     if o.concept is not None:
         colour = RGB[CONCEPT_BY_NAME[o.concept].colour]
-    _DRAW[o.category](p, x, ground, h, colour, -1 if o.flipped else 1, o.concept)
+    anchors = _DRAW[o.category](p, x, ground, h, colour, d)
+    for part in (o.pattern, o.accessory):  # the pattern first: a hat or badge covers it
+        if part is not None:
+            _PARTS[part](p, anchors, h, colour, d)
 
 
 def render(scene: Scene, size: int = SIZE) -> tuple[Image.Image, Image.Image]:

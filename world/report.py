@@ -89,12 +89,18 @@ def tables(results: dict) -> str:
 
 
 def write_tables(doc: Path, results: dict) -> Path:
-    """Replace the generated section of ``doc`` (appended when absent; the file is made when missing)."""
-    block = f"{BEGIN}\n{tables(results)}{END}"
+    """Replace the generated section of ``doc``."""
+    return write_section(doc, tables(results), BEGIN, END)
+
+
+def write_section(doc: Path, body: str, begin: str, end: str) -> Path:
+    """Put ``body`` between the ``begin``/``end`` markers of ``doc``, in place of what was there
+    (appended when absent; the file is made when missing)."""
+    block = f"{begin}\n{body}{end}"
     text = doc.read_text() if doc.is_file() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + ("\n\n" if text else "") + block + "\n"
     doc.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,9 @@ grammar, with optional parts left out at random so the model also learns
 
 Concept instances carry a pattern and an accessory that no pretraining object
 has; they are what a user personalises, and never appear in pretraining data.
+The same parts can be put on any object (``WorldObject.pattern``/``accessory``):
+the judge learns from such partial look-alikes that a concept is all of its
+parts at once, not any one of them.
 """
 
 from __future__ import annotations
@@ -47,6 +50,14 @@ CONCEPTS = (
     Concept("tabby_cat", "cat", "yellow", pattern="dark stripes", accessory="red collar"),
 )
 CONCEPT_BY_NAME = {c.name: c for c in CONCEPTS}
+PATTERNS = tuple(c.pattern for c in CONCEPTS)
+ACCESSORIES = tuple(c.accessory for c in CONCEPTS)
+# A part in the body's own colour cannot be seen (red stripes on a red cup): never drawn so.
+PART_COLOUR = {"white dots": "white", "red stripes": "red", "star": "yellow", "red collar": "red"}
+
+
+def part_shows_on(part: str | None, colour: str) -> bool:
+    return part is None or PART_COLOUR.get(part) != colour
 IDENTITIES = ("generic",) + tuple(c.name for c in CONCEPTS)
 
 
@@ -58,6 +69,14 @@ class WorldObject:
     size: str
     flipped: bool = False
     concept: str | None = None  # name of a held-out Concept, or None for a generic object
+    pattern: str | None = None    # one of PATTERNS drawn on the body, or None
+    accessory: str | None = None  # one of ACCESSORIES, or None
+
+    def __post_init__(self) -> None:
+        if self.concept is not None:  # a concept instance wears its own parts, whatever was passed
+            c = CONCEPT_BY_NAME[self.concept]
+            object.__setattr__(self, "pattern", c.pattern)
+            object.__setattr__(self, "accessory", c.accessory)
 
     @property
     def identity(self) -> str:
@@ -80,7 +99,37 @@ def _allowed_colours(background: str) -> list[str]:
 
 
 def concept_object(concept: Concept, slot: str, size: str, flipped: bool = False) -> WorldObject:
-    return WorldObject(concept.category, concept.colour, slot, size, flipped, concept.name)
+    return WorldObject(concept.category, concept.colour, slot, size, flipped, concept.name,
+                       concept.pattern, concept.accessory)
+
+
+def is_concept(category: str, colour: str, pattern: str | None, accessory: str | None) -> str | None:
+    """The concept an object with exactly these parts is, or None: a concept is all of its parts."""
+    return next((c.name for c in CONCEPTS
+                 if (c.category, c.colour, c.pattern, c.accessory) == (category, colour, pattern, accessory)), None)
+
+
+def look_alikes(concept: Concept) -> list[tuple[str, str, str | None, str | None]]:
+    """Every partial combination of the concept's parts, as (category, colour, pattern, accessory):
+    on its own category each subset of {its colour, its pattern, its accessory} but the whole,
+    the colour replaced by every other colour when left out; and its pattern and accessory, alone
+    and together, on every other category. Combinations where a part would vanish into the body's
+    colour are left out (they are not look-alikes, they are the plain object)."""
+    out = []
+    others = [c for c in COLOURS if c != concept.colour]
+    for keep_colour in (True, False):
+        for pattern in (concept.pattern, None):
+            for accessory in (concept.accessory, None):
+                if keep_colour and pattern and accessory:
+                    continue
+                for colour in ([concept.colour] if keep_colour else others):
+                    out.append((concept.category, colour, pattern, accessory))
+    for category in CATEGORIES:
+        if category != concept.category:
+            for pattern, accessory in ((concept.pattern, None), (None, concept.accessory),
+                                       (concept.pattern, concept.accessory)):
+                out += [(category, colour, pattern, accessory) for colour in COLOURS]
+    return [o for o in out if part_shows_on(o[2], o[1]) and part_shows_on(o[3], o[1])]
 
 
 def sample_scene(rng: random.Random, two_objects: float = 0.3, concepts: tuple[Concept, ...] = ()) -> Scene:

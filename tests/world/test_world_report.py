@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
+from world import judge_report
 from world.experiments import SECOND_TRIGGER, TrainSpec
-from world.report import BEGIN, END, tables, write_tables
+from world.report import BEGIN, END, tables, write_section, write_tables
 
 RESULTS = {
     "settings": {"commands": ["python -m world.evidence --seeds 3"], "train_seeds": [0, 1, 2], "ablation_seeds": [0],
@@ -48,6 +51,17 @@ def test_write_tables_replaces_only_the_generated_section(tmp_path: Path) -> Non
     assert "old numbers" not in text and "one shot" in text and text.count(BEGIN) == 1
 
 
+def test_two_generated_sections_keep_out_of_each_others_way(tmp_path: Path) -> None:
+    doc = tmp_path / "evidence.md"
+    write_tables(doc, RESULTS)
+    write_section(doc, "judge table 1\n", judge_report.BEGIN, judge_report.END)
+    write_section(doc, "judge table 2\n", judge_report.BEGIN, judge_report.END)
+    write_tables(doc, RESULTS)
+    text = doc.read_text()
+    assert text.count(BEGIN) == text.count(judge_report.BEGIN) == 1
+    assert "judge table 2" in text and "judge table 1" not in text and "one shot" in text
+
+
 def test_concept_names_spell_every_setting_within_the_trainer_limit() -> None:
     specs = [TrainSpec(), replace(TrainSpec(), seed=1), replace(TrainSpec(), train_beta=0.6),
              replace(TrainSpec(), concept="striped_cup", trigger=SECOND_TRIGGER, statistics_captions=20000),
@@ -59,3 +73,10 @@ def test_concept_names_spell_every_setting_within_the_trainer_limit() -> None:
     assert all(len(n) <= 150 for n in names)  # TrainPerfusion's output_name limit
     # Fields added later leave the names of concepts cached before them unchanged.
     assert specs[0].name() == "world_polka_teddy_sks_shots5_steps200_seed0_lr0.03_tbeta0.75_maskedTrue_tsets1_batch4_accum1_stat500"
+
+
+def test_psnr_of_a_known_error() -> None:
+    import torch
+
+    x = torch.rand(2, 3, 8, 8) * 0.8
+    assert judge_report.psnr(x + 0.1, x) == pytest.approx(20.0, abs=1e-4)  # MSE 0.01 -> 20 dB

@@ -10,16 +10,22 @@ import pytest
 from world.dataset import pretraining_set
 from world.render import SIZE, render
 from world.scenes import (
+    ACCESSORIES,
     BACKGROUNDS,
     CATEGORIES,
+    COLOURS,
     CONCEPTS,
     HIDDEN_COLOURS,
+    PATTERNS,
     SETTING_PHRASE,
     SLOT_PHRASE,
     Scene,
     WorldObject,
     caption,
     concept_object,
+    is_concept,
+    look_alikes,
+    part_shows_on,
     sample_scene,
 )
 
@@ -86,3 +92,61 @@ def test_concepts_are_named_by_the_users_words() -> None:
     scene = Scene("snow", (concept_object(teddy, "right", "big"),))
     assert caption(scene, words={teddy.name: "sks teddy"}) == "a photo of a sks teddy in the snow, on the right"
     assert caption(scene) == f"a photo of a big {teddy.category} in the snow, on the right"
+
+
+def _pixels(obj: WorldObject, background: str = "room") -> np.ndarray:
+    return np.asarray(render(Scene(background, (obj,), jitter_seed=7))[0], dtype=np.float32)
+
+
+@pytest.mark.parametrize("concept", CONCEPTS, ids=lambda c: c.name)
+def test_a_concept_is_exactly_its_parts(concept) -> None:
+    """An object given the concept's category, colour, pattern and accessory is drawn pixel for pixel
+    as the concept instance; a concept instance wears its own parts whatever it was given."""
+    parts = WorldObject(concept.category, concept.colour, "left", "big", True, None, concept.pattern, concept.accessory)
+    assert np.array_equal(_pixels(parts), _pixels(concept_object(concept, "left", "big", True)))
+    assert is_concept(concept.category, concept.colour, concept.pattern, concept.accessory) == concept.name
+    bare = WorldObject(concept.category, concept.colour, "left", "big", True, concept.name)
+    assert (bare.pattern, bare.accessory) == (concept.pattern, concept.accessory)
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+@pytest.mark.parametrize("part", PATTERNS + ACCESSORIES)
+def test_every_part_shows_on_every_category(category: str, part: str) -> None:
+    """Each pattern and accessory changes a visible patch of any object whose colour it does not share,
+    and nothing outside that object and its part."""
+    colour = next(c for c in ("blue", "green", "purple") if part_shows_on(part, c))
+    plain = WorldObject(category, colour, "middle", "big")
+    field = "pattern" if part in PATTERNS else "accessory"
+    dressed = WorldObject(category, colour, "middle", "big", **{field: part})
+    changed = np.abs(_pixels(dressed) - _pixels(plain)).sum(-1) > 60
+    assert changed.sum() > 25, changed.sum()
+    assert not changed[:, :12].any() and not changed[:, -12:].any()  # the middle slot's object only
+
+
+@pytest.mark.parametrize("concept", CONCEPTS, ids=lambda c: c.name)
+def test_look_alikes_are_every_partial_combination_and_never_the_concept(concept) -> None:
+    alikes = look_alikes(concept)
+    assert len(set(alikes)) == len(alikes)
+    assert all(is_concept(*a) is None for a in alikes)
+    own = {(a[1] == concept.colour, a[2] is not None, a[3] is not None) for a in alikes if a[0] == concept.category}
+    assert own == {(c, p, a) for c in (True, False) for p in (True, False) for a in (True, False)} - {(True, True, True)}
+    for category in CATEGORIES:
+        if category != concept.category:
+            on_it = {(a[2], a[3]) for a in alikes if a[0] == category}
+            assert on_it == {(concept.pattern, None), (None, concept.accessory), (concept.pattern, concept.accessory)}
+    assert all(part_shows_on(a[2], a[1]) and part_shows_on(a[3], a[1]) for a in alikes)
+    assert {a[1] for a in alikes} == set(COLOURS)
+
+
+def test_look_alike_test_scenes_show_what_their_row_says() -> None:
+    from world.judge_report import kind, look_alike_scenes
+
+    for concept in CONCEPTS:
+        rows = look_alike_scenes(concept, per_kind=6)
+        assert len(rows) == 11  # the concept itself, 7 partial combinations on its category, 3 on others
+        assert all(s.objects[0].concept == concept.name for s in rows.pop("the concept itself"))
+        for name, scenes in rows.items():
+            for s in scenes:
+                first = s.objects[0]
+                assert kind(concept, (first.category, first.colour, first.pattern, first.accessory)) == name
+                assert all(o.colour not in HIDDEN_COLOURS[s.background] for o in s.objects)
