@@ -28,6 +28,7 @@ from world.judge import (
     read_scenes,
     with_look_alike,
 )
+from world.metrics import fidelity
 from world.report import write_section
 from world.scenes import CONCEPTS, Concept, Scene, look_alikes, sample_scene
 
@@ -65,7 +66,7 @@ def look_alike_scenes(concept: Concept, per_kind: int, seed: int = SEED) -> dict
 
 
 def _calls(judge: Judge, x: torch.Tensor, concept: Concept) -> float:
-    return sum(any(o.concept == concept.name for o in s.objects) for s in read_scenes(judge, x)) / len(x)
+    return sum(fidelity(seen, concept) for seen in read_scenes(judge, x)) / len(x)
 
 
 def _parts_read(judge: Judge, x: torch.Tensor, scenes: list[Scene]) -> dict[str, float]:
