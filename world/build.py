@@ -47,7 +47,7 @@ def _use_fused_attention() -> None:
 
 
 # The parts judge has more to read (two more heads, look-alikes that differ in one small part).
-PARTS_JUDGE_STEPS, PARTS_JUDGE_SCENES = 2000, 10000
+PARTS_JUDGE_STEPS, PARTS_JUDGE_SCENES = 4000, 16000
 
 
 def train_missing_judges(taesd: torch.nn.Module) -> None:

@@ -16,7 +16,7 @@ label, and so credits partial likeness. The parts judge
 (``judge-parts.safetensors``) reads a slot's pattern and accessory instead and
 calls an object a concept only when category, colour, pattern and accessory
 are all the concept's; it is trained with hard negatives, objects carrying
-some of a concept's parts (``world.scenes.look_alikes``).
+some of a concept's parts (``world.scenes.look_alike_kinds``).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from world.scenes import (
     Scene,
     WorldObject,
     is_concept,
-    look_alikes,
+    look_alike_kinds,
     sample_scene,
 )
 
@@ -126,15 +126,19 @@ def labels(scenes: list[Scene]) -> Labels:
 def judge_scenes(n: int, seed: int, look_alike_share: float = 0.0) -> list[Scene]:
     """Half pretraining-like scenes, half with a held-out concept as (one of) the object(s); with
     ``look_alike_share``, that share of the pretraining-like ones has a concept's look-alike as
-    its first object (``world.scenes.look_alikes``), in a colour that shows on the background."""
+    its first object (``world.scenes.look_alike_kinds``: a concept and a kind of look-alike
+    drawn alike, then one of that kind's combinations), in a colour that shows on the background."""
     rng = random.Random(seed)
     scenes = [sample_scene(rng, concepts=CONCEPTS if i % 2 else ()) for i in range(n)]
     if not look_alike_share:
         return scenes
-    pool = [x for c in CONCEPTS for x in look_alikes(c)]
+    # Drawn kind by kind: drawn from all combinations alike, the ones that differ from a concept
+    # in one part (the hardest) would be a few percent of them, and the judge learned to
+    # infer a missing accessory from the pattern.
+    pools = [pool for c in CONCEPTS for pool in look_alike_kinds(c).values()]
     for i in range(0, n, 2):
         if rng.random() < look_alike_share:
-            scenes[i] = with_look_alike(scenes[i], rng.choice(pool))
+            scenes[i] = with_look_alike(scenes[i], rng.choice(rng.choice(pools)))
     return scenes
 
 
@@ -154,8 +158,9 @@ def with_look_alike(scene: Scene, parts: tuple[str, str, str | None, str | None]
 def like_generated(taesd: torch.nn.Module, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """Images as the world model would produce them: through the VAE, slightly blurred."""
     w = next(taesd.parameters())  # the VAE may sit on a GPU in another dtype
-    with torch.no_grad():
-        out = taesd.taesd_decoder(taesd.taesd_encoder(x.to(w))).clamp(0, 1).float().cpu()
+    with torch.no_grad():  # in chunks: the codec's activations of thousands of images fill the memory
+        out = torch.cat([taesd.taesd_decoder(taesd.taesd_encoder(x[i:i + 500].to(w))).clamp(0, 1).float().cpu()
+                         for i in range(0, len(x), 500)])
     gen = torch.Generator().manual_seed(seed)
     sigma = torch.rand(len(x), 1, 1, 1, generator=gen) * 0.03
     return (out + sigma * torch.randn(out.shape, generator=gen)).clamp(0, 1)

@@ -56,6 +56,10 @@ ACCESSORIES = tuple(c.accessory for c in CONCEPTS)
 PART_COLOUR = {"white dots": "white", "red stripes": "red", "star": "yellow", "red collar": "red"}
 
 
+PART_PHRASE = {"white dots": "with white dots", "red stripes": "with red stripes", "dark stripes": "with dark stripes",
+               "top hat": "wearing a top hat", "star": "with a star", "red collar": "wearing a red collar"}
+
+
 def part_shows_on(part: str | None, colour: str) -> bool:
     return part is None or PART_COLOUR.get(part) != colour
 IDENTITIES = ("generic",) + tuple(c.name for c in CONCEPTS)
@@ -132,8 +136,39 @@ def look_alikes(concept: Concept) -> list[tuple[str, str, str | None, str | None
     return [o for o in out if part_shows_on(o[2], o[1]) and part_shows_on(o[3], o[1])]
 
 
-def sample_scene(rng: random.Random, two_objects: float = 0.3, concepts: tuple[Concept, ...] = ()) -> Scene:
-    """A random pretraining scene; with ``concepts``, the first object is one of them."""
+def look_alike_kind(concept: Concept, look_alike: tuple[str, str, str | None, str | None]) -> str:
+    """'pattern + accessory', 'none', or 'on another category: pattern', ...: which of the concept's
+    parts a look-alike has."""
+    category, colour, pattern, accessory = look_alike
+    if category != concept.category:
+        return "on another category: " + " + ".join(p for p, on in (("pattern", pattern), ("accessory", accessory)) if on)
+    have = [p for p, on in (("colour", colour == concept.colour), ("pattern", pattern), ("accessory", accessory)) if on]
+    return " + ".join(have) or "none (another colour)"
+
+
+def look_alike_kinds(concept: Concept) -> dict[str, list[tuple[str, str, str | None, str | None]]]:
+    """``look_alikes(concept)`` grouped by ``look_alike_kind``, in a fixed order."""
+    out: dict[str, list] = {}
+    for look_alike in look_alikes(concept):
+        out.setdefault(look_alike_kind(concept, look_alike), []).append(look_alike)
+    return out
+
+
+def random_parts(rng: random.Random, category: str, colour: str) -> tuple[str | None, str | None]:
+    """A pattern and/or accessory for an ordinary object: at least one part, each visible on the
+    body's colour, and never all of a concept's (the held-out instances stay out of pretraining)."""
+    while True:
+        pattern, accessory = rng.choice((None,) + PATTERNS), rng.choice((None,) + ACCESSORIES)
+        if ((pattern or accessory) and part_shows_on(pattern, colour) and part_shows_on(accessory, colour)
+                and not is_concept(category, colour, pattern, accessory)):
+            return pattern, accessory
+
+
+def sample_scene(rng: random.Random, two_objects: float = 0.3, concepts: tuple[Concept, ...] = (),
+                 parts_share: float = 0.0) -> Scene:
+    """A random pretraining scene; with ``concepts``, the first object is one of them; with
+    ``parts_share``, that share of the ordinary objects carries concept parts (``random_parts``).
+    Without it the random draws are those of the first world, so its scenes stay as they were."""
     background = rng.choice(BACKGROUNDS)
     colours = _allowed_colours(background)
     if rng.random() < two_objects:
@@ -146,7 +181,9 @@ def sample_scene(rng: random.Random, two_objects: float = 0.3, concepts: tuple[C
         if i == 0 and concepts:
             objects.append(concept_object(rng.choice(concepts), slot, size, flipped))
         else:
-            objects.append(WorldObject(rng.choice(CATEGORIES), rng.choice(colours), slot, size, flipped))
+            category, colour = rng.choice(CATEGORIES), rng.choice(colours)
+            parts = random_parts(rng, category, colour) if parts_share and rng.random() < parts_share else (None, None)
+            objects.append(WorldObject(category, colour, slot, size, flipped, None, *parts))
     return Scene(background, tuple(objects), jitter_seed=rng.randrange(2**31))
 
 
@@ -168,7 +205,11 @@ def caption(scene: Scene, rng: random.Random | None = None, words: dict[str, str
             parts.append(o.size)
         if o.concept is None and keep(0.8):
             parts.append(o.colour)
-        return " ".join(parts + [o.category])
+        text = " ".join(parts + [o.category])
+        worn = [PART_PHRASE[p] for p in (o.pattern, o.accessory) if p and o.concept is None]
+        if worn and keep(0.8):  # a concept's parts are never named: it is learned from images
+            text += " " + " and ".join(worn)
+        return text
 
     nouns = [noun(o) for o in scene.objects]
     text = "a photo of a " + " and a ".join(nouns)

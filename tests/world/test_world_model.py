@@ -10,11 +10,19 @@ from safetensors.torch import load_file
 
 from harness.random_models import UNET_PREFIX, VAE_PREFIX, build_clip
 from world.dataset import images
-from world.judge import accuracy, judge_scenes, like_generated, load_judge, read_scenes
-from world.metrics import attribute_hits
+from world.judge import (
+    PARTS_JUDGE_WEIGHTS,
+    accuracy,
+    judge_scenes,
+    like_generated,
+    load_judge,
+    read_scenes,
+)
+from world.judge_report import look_alike_scenes
+from world.metrics import attribute_hits, fidelity
 from world.model import WEIGHTS, new_unet, world_checkpoint
 from world.sampling import generate, load
-from world.scenes import BACKGROUNDS, CATEGORIES, Scene, WorldObject, caption
+from world.scenes import BACKGROUNDS, CATEGORIES, CONCEPTS, Scene, WorldObject, caption
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +64,21 @@ def test_judge_reads_renders_it_never_saw(world: tuple) -> None:
     for x in (clean, like_generated(world[2].first_stage_model, clean)):
         acc = accuracy(judge, x, scenes)
         assert min(acc["background"], acc["what"], acc["colour"], acc["identity"]) > 0.9, acc
+
+
+def test_parts_judge_rejects_clean_look_alikes_it_never_saw() -> None:
+    """On clean renders from a seed no judge trained on or was measured with: it finds each concept,
+    and calls one of its partial look-alikes the concept rarely (docs/evidence.md: the first parts
+    judge called a striped cup without its star the concept 0.84 of the time). Through the world's
+    VAE it does not hold yet; the evidence says so."""
+    judge = load_judge(PARTS_JUDGE_WEIGHTS)
+    for concept in CONCEPTS:
+        rows = look_alike_scenes(concept, per_kind=40, seed=31337)
+        rates = {kind: sum(fidelity(seen, concept) for seen in read_scenes(judge, images(scenes))) / len(scenes)
+                 for kind, scenes in rows.items()}
+        found = rates.pop("the concept itself")
+        assert found >= 0.95, (concept.name, found)
+        assert sum(rates.values()) / len(rates) <= 0.02 and max(rates.values()) <= 0.15, (concept.name, rates)
 
 
 def test_stock_sampler_draws_what_the_prompt_says(world: tuple) -> None:

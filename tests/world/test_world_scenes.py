@@ -26,6 +26,7 @@ from world.scenes import (
     is_concept,
     look_alikes,
     part_shows_on,
+    random_parts,
     sample_scene,
 )
 
@@ -71,6 +72,41 @@ def test_pretraining_never_shows_a_concept_and_never_hides_an_object() -> None:
     assert min(counts.values()) > 0.8 * max(counts.values())
     assert {s.background for s in data.scenes} == set(BACKGROUNDS)
     assert 0.2 < np.mean([len(s.objects) == 2 for s in data.scenes]) < 0.3
+
+
+def test_without_parts_the_first_worlds_scenes_are_drawn_as_before() -> None:
+    a, b = random.Random(11), random.Random(11)
+    assert [sample_scene(a) for _ in range(200)] == [sample_scene(b, parts_share=0.0) for _ in range(200)]
+    assert a.random() == b.random()  # and the random stream is left where it was
+
+
+def test_pretraining_parts_sit_on_ordinary_objects_and_never_make_a_concept() -> None:
+    rng = random.Random(5)
+    objects = [o for _ in range(3000) for o in sample_scene(rng, parts_share=0.5).objects]
+    worn = [o for o in objects if o.pattern or o.accessory]
+    assert 0.45 < len(worn) / len(objects) < 0.55
+    for o in worn:
+        assert o.concept is None and is_concept(o.category, o.colour, o.pattern, o.accessory) is None
+        assert part_shows_on(o.pattern, o.colour) and part_shows_on(o.accessory, o.colour)
+    seen = {(o.category, p) for o in worn for p in (o.pattern, o.accessory) if p}
+    assert seen == {(c, p) for c in CATEGORIES for p in PATTERNS + ACCESSORIES}  # every part on every category
+    # the parts of a concept on its own category, one short of it, do occur: the look-alikes are learned
+    for c in CONCEPTS:
+        assert any((o.category, o.colour, o.pattern) == (c.category, c.colour, c.pattern) for o in worn)
+        assert any((o.category, o.colour, o.accessory) == (c.category, c.colour, c.accessory) for o in worn)
+
+
+def test_random_parts_never_complete_a_concept() -> None:
+    rng = random.Random(2)
+    for c in CONCEPTS:
+        assert all(random_parts(rng, c.category, c.colour) != (c.pattern, c.accessory) for _ in range(500))
+
+
+def test_caption_names_an_ordinary_objects_parts_but_never_a_concepts() -> None:
+    dotted = Scene("grass", (WorldObject("cup", "blue", "left", "big", pattern="white dots", accessory="top hat"),))
+    assert caption(dotted) == "a photo of a big blue cup with white dots and wearing a top hat on the grass, on the left"
+    concept = Scene("room", (concept_object(CONCEPTS[0], "middle", "big"),))
+    assert caption(concept) == f"a photo of a big {CONCEPTS[0].category} in a room, in the middle"
 
 
 def test_full_caption_names_everything_and_dropped_parts_are_only_optional_ones() -> None:
@@ -139,7 +175,8 @@ def test_look_alikes_are_every_partial_combination_and_never_the_concept(concept
 
 
 def test_look_alike_test_scenes_show_what_their_row_says() -> None:
-    from world.judge_report import kind, look_alike_scenes
+    from world.judge_report import look_alike_scenes
+    from world.scenes import look_alike_kind
 
     for concept in CONCEPTS:
         rows = look_alike_scenes(concept, per_kind=6)
@@ -148,5 +185,5 @@ def test_look_alike_test_scenes_show_what_their_row_says() -> None:
         for name, scenes in rows.items():
             for s in scenes:
                 first = s.objects[0]
-                assert kind(concept, (first.category, first.colour, first.pattern, first.accessory)) == name
+                assert look_alike_kind(concept, (first.category, first.colour, first.pattern, first.accessory)) == name
                 assert all(o.colour not in HIDDEN_COLOURS[s.background] for o in s.objects)
