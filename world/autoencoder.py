@@ -123,3 +123,12 @@ def set_latent_scale(taesd: torch.nn.Module, n: int = 512, seed: int = 1) -> Non
     scale = SD1_LATENT_SCALE * raw.std().item()
     taesd.vae_scale.fill_(scale)
     taesd.vae_shift.fill_(-raw.mean().item() / scale)
+
+
+@torch.no_grad()
+def round_trip(taesd: torch.nn.Module, x: torch.Tensor, chunk: int = 500) -> torch.Tensor:
+    """Encode and decode ``x`` (in [0, 1]), nothing else: on the codec's device and dtype, in chunks
+    (the activations of thousands of images fill the memory), returned as float32 on the CPU."""
+    w = next(taesd.parameters())
+    return torch.cat([taesd.taesd_decoder(taesd.taesd_encoder(x[i:i + chunk].to(w))).clamp(0, 1).float().cpu()
+                      for i in range(0, len(x), chunk)])

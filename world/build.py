@@ -7,7 +7,7 @@ committed artefacts: that file and the judges'). ``--judges-only`` trains
 whichever judge file is missing against the committed world's VAE (as it is
 stored, in float16), without the other stages.
 Deterministic for a given torch build: every random choice comes from a seed.
-About 80 minutes on a 2-core CPU for the default 3000 steps; ``--device cuda``
+About 80 minutes on a 2-core CPU for the default 3000 steps, plus about 30 for the judges; ``--device cuda``
 runs the caption and UNet stages on a GPU (the VAE, judge and latents stay on
 the CPU, so a CPU run's cached stages can be carried over).
 """

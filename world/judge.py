@@ -34,6 +34,7 @@ from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from world.autoencoder import round_trip
 from world.dataset import images
 from world.scenes import (
     ACCESSORIES,
@@ -157,10 +158,7 @@ def with_look_alike(scene: Scene, parts: tuple[str, str, str | None, str | None]
 
 def like_generated(taesd: torch.nn.Module, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """Images as the world model would produce them: through the VAE, slightly blurred."""
-    w = next(taesd.parameters())  # the VAE may sit on a GPU in another dtype
-    with torch.no_grad():  # in chunks: the codec's activations of thousands of images fill the memory
-        out = torch.cat([taesd.taesd_decoder(taesd.taesd_encoder(x[i:i + 500].to(w))).clamp(0, 1).float().cpu()
-                         for i in range(0, len(x), 500)])
+    out = round_trip(taesd, x)
     gen = torch.Generator().manual_seed(seed)
     sigma = torch.rand(len(x), 1, 1, 1, generator=gen) * 0.03
     return (out + sigma * torch.randn(out.shape, generator=gen)).clamp(0, 1)

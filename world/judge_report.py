@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from harness.comfy_host import REPO_ROOT
+from world.autoencoder import round_trip
 from world.dataset import images
 from world.judge import (
     JUDGE_WEIGHTS,
@@ -48,7 +49,8 @@ def look_alike_scenes(concept: Concept, per_kind: int, seed: int = SEED) -> dict
     return out
 
 
-def _calls(judge: Judge, x: torch.Tensor, concept: Concept) -> float:
+def share_called(judge: Judge, x: torch.Tensor, concept: Concept) -> float:
+    """Share of the images ``x`` in which ``judge`` finds ``concept``."""
     return sum(fidelity(seen, concept) for seen in read_scenes(judge, x)) / len(x)
 
 
@@ -60,12 +62,6 @@ def _parts_read(judge: Judge, x: torch.Tensor, scenes: list[Scene]) -> dict[str,
         for part in PARTS:
             hits[part] += got is not None and getattr(got, part) == getattr(want, part)
     return {p: n / len(scenes) for p, n in hits.items()}
-
-
-def round_trip(taesd: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Encode and decode, nothing else (``like_generated`` also adds a little noise)."""
-    with torch.no_grad():
-        return taesd.taesd_decoder(taesd.taesd_encoder(x)).clamp(0, 1)
 
 
 def psnr(x: torch.Tensor, reference: torch.Tensor) -> float:
@@ -84,10 +80,10 @@ def measure(per_kind: int = 150) -> dict:
         for name, scenes in look_alike_scenes(concept, per_kind).items():
             clean = images(scenes)
             through_vae = like_generated(taesd, clean)
-            rows[name] = {"parts_clean": _calls(parts_judge, clean, concept),
-                          "parts_vae": _calls(parts_judge, through_vae, concept),
-                          "identity_clean": _calls(identity_judge, clean, concept),
-                          "identity_vae": _calls(identity_judge, through_vae, concept)}
+            rows[name] = {"parts_clean": share_called(parts_judge, clean, concept),
+                          "parts_vae": share_called(parts_judge, through_vae, concept),
+                          "identity_clean": share_called(identity_judge, clean, concept),
+                          "identity_vae": share_called(identity_judge, through_vae, concept)}
             if name == "the concept itself":
                 rows[name] |= {"read_clean": _parts_read(parts_judge, clean, scenes),
                                "read_vae": _parts_read(parts_judge, through_vae, scenes),

@@ -54,15 +54,13 @@ PATTERNS = tuple(c.pattern for c in CONCEPTS)
 ACCESSORIES = tuple(c.accessory for c in CONCEPTS)
 # A part in the body's own colour cannot be seen (red stripes on a red cup): never drawn so.
 PART_COLOUR = {"white dots": "white", "red stripes": "red", "star": "yellow", "red collar": "red"}
-
-
 PART_PHRASE = {"white dots": "with white dots", "red stripes": "with red stripes", "dark stripes": "with dark stripes",
                "top hat": "wearing a top hat", "star": "with a star", "red collar": "wearing a red collar"}
+IDENTITIES = ("generic",) + tuple(c.name for c in CONCEPTS)
 
 
 def part_shows_on(part: str | None, colour: str) -> bool:
     return part is None or PART_COLOUR.get(part) != colour
-IDENTITIES = ("generic",) + tuple(c.name for c in CONCEPTS)
 
 
 @dataclass(frozen=True)
