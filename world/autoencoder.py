@@ -17,6 +17,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +31,31 @@ from world.scenes import sample_scene
 SD1_LATENT_SCALE = 0.18215  # ComfyUI's SD1 latent format multiplies VAE latents by this
 # Small: the noise bounds how much a latent can carry (too much and fine detail is lost).
 LATENT_NOISE = 0.01
-LR = 5e-4
 
 
-def new_taesd(seed: int = 0) -> torch.nn.Module:
+@dataclass(frozen=True)
+class CodecRecipe:
+    """How a world's codec is trained (each field is a choice measured in docs/evidence.md)."""
+
+    steps: int
+    lr: float
+    residual_gain: float   # each block's last convolution starts at this times He init
+    scribbles: bool        # random small shapes drawn over the training scenes
+    parts_share: float     # share of ordinary objects wearing concept parts (``sample_scene``)
+    uniform_crops: float   # share of crops placed anywhere; the rest in the lower half, where objects stand
+    batch: int = 16
+    crop: int = 32         # px: the codec is convolutional, and crops cost a quarter of full images
+
+
+# The first world's codec; its round trips lose colours and every small part.
+WORLD_V1 = CodecRecipe(steps=2500, lr=5e-4, residual_gain=0.2, scribbles=True, parts_share=0.0, uniform_crops=0.2)
+# World v2's: residual writes start at zero, so each block starts as the identity
+# and a higher rate trains stably; the parts themselves (on ordinary objects) replace the
+# scribbles; and many more steps, which is what carrying the parts needs.
+WORLD_V2 = CodecRecipe(steps=18000, lr=1e-3, residual_gain=0.0, scribbles=False, parts_share=0.5, uniform_crops=1.0)
+
+
+def new_taesd(seed: int = 0, residual_gain: float = WORLD_V1.residual_gain) -> torch.nn.Module:
     """ComfyUI's TAESD module with seeded He-initialised convolutions (ComfyUI skips init)."""
     import_host()
     from comfy.taesd.taesd import TAESD
@@ -48,18 +70,18 @@ def new_taesd(seed: int = 0) -> torch.nn.Module:
                 fan_in = p.shape[1] * p.shape[2] * p.shape[3]
                 # A block's last convolution writes into the residual sum: start it small, or
                 # the sums of a dozen blocks blow the activations up by orders of magnitude.
-                gain = 0.2 if ".conv.4." in name else 1.0
+                gain = residual_gain if ".conv.4." in name else 1.0
                 p.copy_(torch.randn(p.shape, generator=gen) * gain * math.sqrt(2.0 / fan_in))
     return module
 
 
-def _scribbled_images(n: int, rng: random.Random) -> torch.Tensor:
-    """Pretraining-style scenes with random small shapes drawn over them."""
+def _training_images(n: int, rng: random.Random, recipe: CodecRecipe) -> torch.Tensor:
+    """Pretraining-style scenes, with random small shapes drawn over them if the recipe says so."""
     out = []
     for _ in range(n):
-        image = render(sample_scene(rng))[0]
+        image = render(sample_scene(rng, parts_share=recipe.parts_share))[0]
         draw = ImageDraw.Draw(image)
-        for _ in range(rng.randrange(0, 8)):
+        for _ in range(rng.randrange(0, 8) if recipe.scribbles else 0):
             x, y, r = rng.uniform(0, 64), rng.uniform(0, 64), rng.uniform(0.8, 4)
             fill = tuple(rng.randrange(256) for _ in range(3))
             kind = rng.randrange(3)
@@ -76,28 +98,32 @@ def _scribbled_images(n: int, rng: random.Random) -> torch.Tensor:
 
 
 def train_autoencoder(
-    steps: int = 1500, batch: int = 16, crop: int = 32, seed: int = 0, log: Callable[[str], None] = print
+    recipe: CodecRecipe = WORLD_V1, seed: int = 0, log: Callable[[str], None] = print,
+    snapshot: Callable[[torch.nn.Module, int], None] | None = None,
 ) -> torch.nn.Module:
-    """Train encoder and decoder on random ``crop`` px crops (the codec is convolutional, and
-    crops cost a quarter of full images). Returns the TAESD module with its latent scale set."""
+    """Train encoder and decoder on random crops as ``recipe`` says; ``snapshot(taesd, step)`` is
+    called every 1000 steps. Returns the TAESD module with its latent scale set."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    taesd = new_taesd(seed)
+    taesd = new_taesd(seed, recipe.residual_gain)
     enc, dec = taesd.taesd_encoder, taesd.taesd_decoder
     params = list(enc.parameters()) + list(dec.parameters())
-    opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
-    pool = _scribbled_images(2048, rng)
+    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)
+    pool = _training_images(2048, rng, recipe)
+    steps, batch, crop = recipe.steps, recipe.batch, recipe.crop
     start = time.time()
     for step in range(steps):
-        lr = LR * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        lr = recipe.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
         for group in opt.param_groups:
             group["lr"] = lr
         if step and step % 500 == 0:  # fresh images now and then, so the codec does not memorise
-            pool[torch.randperm(len(pool))[:512]] = _scribbled_images(512, rng)
+            pool[torch.randperm(len(pool))[:512]] = _training_images(512, rng, recipe)
+        if snapshot is not None and step and step % 1000 == 0:
+            snapshot(taesd, step)
         idx = torch.randint(0, len(pool), (batch,))
-        # Objects stand in the lower half; the sky above them is easy, so crops mostly look lower.
         ox = rng.randrange(0, 64 - crop + 1, 8)
-        oy = rng.randrange(0, 64 - crop + 1, 8) if rng.random() < 0.2 else rng.randrange(16, 64 - crop + 1, 8)
+        oy = (rng.randrange(0, 64 - crop + 1, 8) if rng.random() < recipe.uniform_crops
+              else rng.randrange(16, 64 - crop + 1, 8))
         x = pool[idx][:, :, oy:oy + crop, ox:ox + crop]
         latent = enc(x)
         noisy = latent + LATENT_NOISE * torch.randn_like(latent)

@@ -5,7 +5,10 @@ caption embeddings -> VAE -> latents of the pretraining images -> the two
 judges -> UNet -> ``world/weights/world-sd15-unet-vae.safetensors`` (the
 committed artefacts: that file and the judges'). ``--judges-only`` trains
 whichever judge file is missing against the committed world's VAE (as it is
-stored, in float16), without the other stages.
+stored, in float16), without the other stages. ``--v2-codec`` builds the first
+stage of world v2: its codec (``WORLD_V2``, about 60 minutes on 2 cores) and the
+parts judge trained against it (about 20 more); ``--v2-text`` the second, its
+text encoder (``world.text_pretrain``).
 Deterministic for a given torch build: every random choice comes from a seed.
 About 80 minutes on a 2-core CPU for the default 3000 steps, plus about 30 for the judges; ``--device cuda``
 runs the caption and UNet stages on a GPU (the VAE, judge and latents stay on
@@ -17,18 +20,34 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from harness.comfy_host import REPO_ROOT, import_host
-from world.autoencoder import new_taesd, train_autoencoder
+from world.autoencoder import WORLD_V1, WORLD_V2, new_taesd, train_autoencoder
 from world.captions import cached_encode
 from world.dataset import EMPTY_CAPTION, images, pretraining_set
-from world.judge import JUDGE_WEIGHTS, PARTS_JUDGE_WEIGHTS, save_judge, train_judge
-from world.model import WEIGHTS, load_world_taesd, new_unet, save_weights
+from world.judge import (
+    JUDGE_WEIGHTS,
+    PARTS_JUDGE_WEIGHTS,
+    V2_PARTS_JUDGE,
+    save_judge,
+    train_judge,
+)
+from world.model import (
+    V2_CODEC,
+    V2_TEXT_ENCODER,
+    WEIGHTS,
+    load_world_taesd,
+    new_unet,
+    save_weights,
+)
 from world.pretrain import PretrainSettings, encode_latents, pretrain
+from world.text_encoder import context_measures, new_text_encoder, save_text_encoder
+from world.text_pretrain import train_text_encoder
 
 CACHE = REPO_ROOT / ".cache" / "world"
 
@@ -53,9 +72,35 @@ PARTS_JUDGE_STEPS, PARTS_JUDGE_SCENES = 4000, 16000
 def train_missing_judges(taesd: torch.nn.Module) -> None:
     if not JUDGE_WEIGHTS.is_file():
         save_judge(train_judge(taesd, log=_log))
-    if not PARTS_JUDGE_WEIGHTS.is_file():
+    train_missing_parts_judge(taesd, PARTS_JUDGE_WEIGHTS)
+
+
+def train_missing_parts_judge(taesd: torch.nn.Module, path: Path) -> None:
+    if not path.is_file():
         judge = train_judge(taesd, steps=PARTS_JUDGE_STEPS, n=PARTS_JUDGE_SCENES, parts=True, log=_log)
-        _log(f"wrote {save_judge(judge, PARTS_JUDGE_WEIGHTS)}")
+        _log(f"wrote {save_judge(judge, path)}")
+
+
+def build_v2_codec(steps: int = WORLD_V2.steps) -> None:
+    """World v2's codec, then the parts judge that reads its round trips; each kept when present."""
+    if not V2_CODEC.is_file():
+        _log(f"wrote {save_weights(V2_CODEC, None, train_autoencoder(replace(WORLD_V2, steps=steps), log=_log))}")
+    train_missing_parts_judge(load_world_taesd(V2_CODEC), V2_PARTS_JUDGE)
+
+
+TEXT_STEPS = 2000
+
+
+def build_v2_text_encoder(steps: int = TEXT_STEPS) -> None:
+    """World v2's text encoder, trained on its own against pictures; kept when present."""
+    if V2_TEXT_ENCODER.is_file():
+        return
+    encoder = new_text_encoder()
+    _log(f"untrained: {context_measures(encoder, encoder.clip)}")
+    train_text_encoder(encoder, steps, log=_log)
+    _log(f"trained: {context_measures(encoder, encoder.clip)}")
+    save_text_encoder(V2_TEXT_ENCODER, encoder)
+    _log(f"wrote {V2_TEXT_ENCODER}")
 
 
 def build(out: Path = WEIGHTS, steps: int = PretrainSettings.steps, vae_steps: int = 2500,
@@ -72,7 +117,7 @@ def build(out: Path = WEIGHTS, steps: int = PretrainSettings.steps, vae_steps: i
     if vae_path.is_file():
         taesd.load_state_dict(load_file(str(vae_path)))
     else:
-        taesd = train_autoencoder(steps=vae_steps, log=_log)
+        taesd = train_autoencoder(replace(WORLD_V1, steps=vae_steps), log=_log)
         save_file({k: v.contiguous() for k, v in taesd.state_dict().items()}, str(vae_path))
     taesd.requires_grad_(False)
 
@@ -109,7 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="torch device of the caption and UNet stages")
     parser.add_argument("--out", type=Path, default=WEIGHTS)
     parser.add_argument("--judges-only", action="store_true", help="train the missing judge files, nothing else")
+    parser.add_argument("--v2-codec", action="store_true", help="build world v2's codec and its parts judge")
+    parser.add_argument("--v2-text", action="store_true", help="build world v2's text encoder")
     args = parser.parse_args(argv)
+    if args.v2_codec or args.v2_text:
+        if args.v2_codec:
+            build_v2_codec()
+        if args.v2_text:
+            build_v2_text_encoder()
+        return 0
     if args.judges_only:
         train_missing_judges(load_world_taesd())
         return 0

@@ -55,6 +55,7 @@ from world.scenes import (
 
 JUDGE_WEIGHTS = Path(__file__).resolve().parent / "weights" / "judge.safetensors"
 PARTS_JUDGE_WEIGHTS = JUDGE_WEIGHTS.with_name("judge-parts.safetensors")
+V2_PARTS_JUDGE = JUDGE_WEIGHTS.with_name("judge-parts-v2.safetensors")  # trained against world v2's codec
 WHAT = ("nothing",) + CATEGORIES
 PATTERN_CLASSES = (None,) + PATTERNS
 ACCESSORY_CLASSES = (None,) + ACCESSORIES

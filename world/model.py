@@ -40,6 +40,9 @@ WORLD_UNET: dict[str, Any] = {
     "transformer_depth": [1], "transformer_depth_output": [1, 1], "transformer_depth_middle": -1,
 }
 WEIGHTS = REPO_ROOT / "world" / "weights" / "world-sd15-unet-vae.safetensors"
+# World v2 is built stage by stage (``python -m world.build --v2-codec``, then ``--v2-text``).
+V2_CODEC = WEIGHTS.with_name("world-v2-vae.safetensors")
+V2_TEXT_ENCODER = WEIGHTS.with_name("world-v2-text-encoder.safetensors")
 CHECKPOINT_NAME = "perfusion-world-sd15.safetensors"
 # Layers that write into a residual path start at zero, so the untrained network is
 # the identity plus small changes (the original latent-diffusion initialisation).
@@ -64,11 +67,11 @@ def new_unet(seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def save_weights(path: Path, unet: torch.nn.Module, taesd: torch.nn.Module) -> Path:
-    """UNet and VAE in checkpoint key names, float16: the committed artefact."""
+def save_weights(path: Path, unet: torch.nn.Module | None, taesd: torch.nn.Module) -> Path:
+    """UNet (if any) and VAE in checkpoint key names, float16: the committed artefact."""
     from safetensors.torch import save_file
 
-    tensors = {UNET_PREFIX + k: v.detach().cpu().half().contiguous() for k, v in unet.state_dict().items()}
+    tensors = {UNET_PREFIX + k: v.detach().cpu().half().contiguous() for k, v in unet.state_dict().items()} if unet else {}
     tensors |= {VAE_PREFIX + k: v.detach().cpu().half().contiguous() for k, v in taesd.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -77,19 +80,30 @@ def save_weights(path: Path, unet: torch.nn.Module, taesd: torch.nn.Module) -> P
     return path
 
 
-def world_checkpoint(dest_dir: Path | None = None, weights: Path = WEIGHTS) -> Path:
-    """The loadable single-file checkpoint under ``dest_dir`` (default: the model cache's ``world``
-    folder, shared by the demo, the tests and the experiments), assembled when missing or stale."""
+def world_checkpoint(dest_dir: Path | None = None, weights: Path = WEIGHTS, text_encoder: Path | None = None,
+                     name: str = CHECKPOINT_NAME) -> Path:
+    """The loadable single-file checkpoint ``name`` under ``dest_dir`` (default: the model cache's
+    ``world`` folder, shared by the demo, the tests and the experiments), assembled when missing or
+    stale: the UNet and VAE of ``weights``, the seeded SD1 text encoder, and over it the trained
+    tensors of ``text_encoder`` (world v2's, ``world.text_encoder``) when given."""
     dest_dir = cache_dir() / "world" if dest_dir is None else dest_dir
-    if not weights.is_file():
-        raise FileNotFoundError(f"world model weights missing: {weights} (python -m world.build makes them)")
-    path = Path(dest_dir) / CHECKPOINT_NAME
-    stamp = f"{weights.stat().st_size}-{weights.stat().st_mtime_ns}"
+    sources = [weights] + ([text_encoder] if text_encoder else [])
+    for source in sources:
+        if not source.is_file():
+            raise FileNotFoundError(f"world model weights missing: {source} (python -m world.build makes them)")
+    path = Path(dest_dir) / name
+    stamp = " ".join(f"{s.name}-{s.stat().st_size}-{s.stat().st_mtime_ns}" for s in sources)
     marker = path.with_suffix(".source")
     if path.is_file() and marker.is_file() and marker.read_text() == stamp:
         return path
-    write_checkpoint_with_text_encoder(path, load_file(str(weights)), "sd1", seed=CLIP_SEED,
-                                       metadata={"perfusion.world": "world model, text encoder seed 0"})
+    tensors = load_file(str(weights))
+    if text_encoder is not None:
+        from world.text_encoder import checkpoint_tensors
+
+        tensors |= checkpoint_tensors(text_encoder)
+    write_checkpoint_with_text_encoder(path, tensors, "sd1", seed=CLIP_SEED,
+                                       metadata={"perfusion.world": f"world model, text encoder seed {CLIP_SEED}"
+                                                 + (" with trained layers" if text_encoder else "")})
     marker.write_text(stamp)
     return path
 

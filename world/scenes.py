@@ -216,3 +216,9 @@ def caption(scene: Scene, rng: random.Random | None = None, words: dict[str, str
     if len(scene.objects) == 1 and keep(0.7):
         text += ", " + SLOT_PHRASE[scene.objects[0].slot]
     return text
+
+
+def caption_vocabulary() -> list[str]:
+    """Every word ``caption`` can write, as phrases to tokenize: the world's whole language."""
+    return ["a photo of a , and", *CATEGORIES, *COLOURS, *SIZES, *SETTING_PHRASE.values(), *SLOT_PHRASE.values(),
+            *PART_PHRASE.values()]

@@ -80,3 +80,43 @@ def test_psnr_of_a_known_error() -> None:
 
     x = torch.rand(2, 3, 8, 8) * 0.8
     assert judge_report.psnr(x + 0.1, x) == pytest.approx(20.0, abs=1e-4)  # MSE 0.01 -> 20 dB
+
+
+def _judge_results(judges: list[str]) -> dict:
+    read = dict.fromkeys(judge_report.PARTS, 1.0)
+    rows = {"the concept itself": {"called": {j: (0.99, 0.97) for j in judges}, "read_clean": read,
+                                   "read_vae": read | {"pattern": 0.5}, "psnr": 27.04},
+            "pattern + accessory": {"called": {j: (0.01, 0.25) for j in judges}}}
+    return {"per_kind": 7, "concepts": {"polka_teddy": rows}}
+
+
+def test_judge_table_has_a_column_pair_per_judge_and_reads_parts_with_the_first() -> None:
+    two = judge_report.table(_judge_results(["parts judge", "identity judge"]))
+    assert ("| concept | what the object has of it | parts judge, clean | parts judge, through the VAE "
+            "| identity judge, clean | identity judge, through the VAE |") in two
+    assert "| polka_teddy | pattern + accessory | 0.01 | 0.25 | 0.01 | 0.25 |" in two and "each judge" in two
+    one = judge_report.table(_judge_results(["parts judge"]))
+    assert "| polka_teddy | the concept itself | 0.99 | 0.97 |" in one and "identity" not in one
+    assert "| polka_teddy | 1.00 / 1.00 | 1.00 / 1.00 | 1.00 / 0.50 | 1.00 / 1.00 | 27.0 dB |" in one
+
+
+def test_each_world_has_its_own_judge_section() -> None:
+    assert judge_report.markers("v1") == (judge_report.BEGIN, judge_report.END)
+    assert len({*judge_report.markers("v1"), *judge_report.markers("v2")}) == 4
+
+
+def test_round_trip_sheet_puts_each_codecs_round_trip_under_the_renders() -> None:
+    import numpy as np
+    import torch
+
+    class Lossless(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.taesd_encoder, self.taesd_decoder = torch.nn.Identity(), torch.nn.Identity()
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    sheet = np.asarray(judge_report.round_trip_sheet([Lossless(), Lossless()], per_concept=2, scale=1))
+    assert sheet.shape == (3 * 3 * 64, 2 * 64, 3)  # per concept: renders, then one row per codec
+    for concept in range(3):
+        rows = sheet[concept * 192:(concept + 1) * 192].reshape(3, 64, 128, 3)
+        assert (rows[1] == rows[0]).all() and (rows[2] == rows[0]).all() and rows[0].std() > 0
