@@ -43,6 +43,7 @@ class CodecRecipe:
     scribbles: bool        # random small shapes drawn over the training scenes
     parts_share: float     # share of ordinary objects wearing concept parts (``sample_scene``)
     uniform_crops: float   # share of crops placed anywhere; the rest in the lower half, where objects stand
+    object_weight: float = 1.0  # loss weight of object pixels against background pixels
     batch: int = 16
     crop: int = 32         # px: the codec is convolutional, and crops cost a quarter of full images
 
@@ -75,11 +76,13 @@ def new_taesd(seed: int = 0, residual_gain: float = WORLD_V1.residual_gain) -> t
     return module
 
 
-def _training_images(n: int, rng: random.Random, recipe: CodecRecipe) -> torch.Tensor:
-    """Pretraining-style scenes, with random small shapes drawn over them if the recipe says so."""
-    out = []
+def _training_images(n: int, rng: random.Random, recipe: CodecRecipe) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``[n, 3, 64, 64]`` pretraining-style scenes, with random small shapes drawn over them if the
+    recipe says so; ``[n, 1, 64, 64]`` the mask of their objects)."""
+    out, masks = [], []
     for _ in range(n):
-        image = render(sample_scene(rng, parts_share=recipe.parts_share))[0]
+        image, mask = render(sample_scene(rng, parts_share=recipe.parts_share))
+        masks.append(mask)
         draw = ImageDraw.Draw(image)
         for _ in range(rng.randrange(0, 8) if recipe.scribbles else 0):
             x, y, r = rng.uniform(0, 64), rng.uniform(0, 64), rng.uniform(0.8, 4)
@@ -94,7 +97,18 @@ def _training_images(n: int, rng: random.Random, recipe: CodecRecipe) -> torch.T
         out.append(image)
     import numpy as np
 
-    return torch.from_numpy(np.stack([np.asarray(i, dtype=np.float32) / 255 for i in out])).permute(0, 3, 1, 2)
+    rgb = torch.from_numpy(np.stack([np.asarray(i, dtype=np.float32) / 255 for i in out])).permute(0, 3, 1, 2)
+    return rgb, torch.from_numpy(np.stack([np.asarray(m, dtype=np.float32) / 255 for m in masks]))[:, None]
+
+
+def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, object_weight: float) -> torch.Tensor:
+    """L1 + MSE; with ``object_weight`` > 1 a weighted mean in which object pixels count that much
+    more (the L1 gradient is the same for every pixel that is off, and the background has most)."""
+    if object_weight == 1.0:
+        return F.l1_loss(recon, x) + F.mse_loss(recon, x)
+    w = 1 + (object_weight - 1) * mask
+    d = recon - x
+    return ((w * d.abs()).mean() + (w * d.pow(2)).mean()) / w.mean()
 
 
 def train_autoencoder(
@@ -109,7 +123,7 @@ def train_autoencoder(
     enc, dec = taesd.taesd_encoder, taesd.taesd_decoder
     params = list(enc.parameters()) + list(dec.parameters())
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)
-    pool = _training_images(2048, rng, recipe)
+    pool, masks = _training_images(2048, rng, recipe)
     steps, batch, crop = recipe.steps, recipe.batch, recipe.crop
     start = time.time()
     for step in range(steps):
@@ -117,18 +131,19 @@ def train_autoencoder(
         for group in opt.param_groups:
             group["lr"] = lr
         if step and step % 500 == 0:  # fresh images now and then, so the codec does not memorise
-            pool[torch.randperm(len(pool))[:512]] = _training_images(512, rng, recipe)
+            fresh = torch.randperm(len(pool))[:512]
+            pool[fresh], masks[fresh] = _training_images(512, rng, recipe)
         if snapshot is not None and step and step % 1000 == 0:
             snapshot(taesd, step)
         idx = torch.randint(0, len(pool), (batch,))
         ox = rng.randrange(0, 64 - crop + 1, 8)
         oy = (rng.randrange(0, 64 - crop + 1, 8) if rng.random() < recipe.uniform_crops
               else rng.randrange(16, 64 - crop + 1, 8))
-        x = pool[idx][:, :, oy:oy + crop, ox:ox + crop]
+        x, mask = pool[idx][:, :, oy:oy + crop, ox:ox + crop], masks[idx][:, :, oy:oy + crop, ox:ox + crop]
         latent = enc(x)
         noisy = latent + LATENT_NOISE * torch.randn_like(latent)
         recon = dec(noisy)
-        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-4 * latent.pow(2).mean()
+        loss = reconstruction_loss(recon, x, mask, recipe.object_weight) + 1e-4 * latent.pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

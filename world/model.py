@@ -112,6 +112,8 @@ def load_world_taesd(weights: Path = WEIGHTS) -> torch.nn.Module:
     """The committed world's VAE as a float32 TAESD module (the checkpoint stores float16)."""
     from world.autoencoder import new_taesd
 
+    if not weights.is_file():
+        raise FileNotFoundError(f"world codec missing: {weights} (python -m world.build makes it; --v2-codec for world v2's)")
     state = load_file(str(weights))
     taesd = new_taesd()
     taesd.load_state_dict({k[len(VAE_PREFIX):]: v.float() for k, v in state.items() if k.startswith(VAE_PREFIX)})
