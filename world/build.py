@@ -157,11 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--v2-codec", action="store_true", help="build world v2's codec and its parts judge")
     parser.add_argument("--v2-text", action="store_true", help="build world v2's text encoder")
     args = parser.parse_args(argv)
+    if args.v2_codec:
+        build_v2_codec()
+    if args.v2_text:
+        build_v2_text_encoder()
     if args.v2_codec or args.v2_text:
-        if args.v2_codec:
-            build_v2_codec()
-        if args.v2_text:
-            build_v2_text_encoder()
         return 0
     if args.judges_only:
         train_missing_judges(load_world_taesd())

@@ -93,7 +93,7 @@ def measure(per_kind: int = 150, world: str = "v1") -> dict:
     taesd = load_world_taesd(codec)
     judges = {name: load_judge(path) for name, path in judge_files.items()}
     parts_judge = next(iter(judges.values()))
-    results: dict = {"per_kind": per_kind, "concepts": {}}
+    results: dict = {"per_kind": per_kind, "judges": list(judges), "concepts": {}}
     for concept in CONCEPTS:
         rows = {}
         for name, scenes in look_alike_scenes(concept, per_kind).items():
@@ -111,7 +111,7 @@ def measure(per_kind: int = 150, world: str = "v1") -> dict:
 
 def table(results: dict) -> str:
     n = results["per_kind"]
-    judges = list(next(iter(next(iter(results["concepts"].values())).values()))["called"])
+    judges = results["judges"]
     intro = (f"Made by `python -m world.judge_report` ({n} new renders per row; a look-alike row draws its "
              "objects at random from that kind's combinations, on backgrounds they show on). Share of images "
              f"in which {'each judge calls' if len(judges) > 1 else 'the judge calls'} the concept; the first row "

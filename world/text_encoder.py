@@ -29,6 +29,7 @@ from world.captions import CLIP_SEED, TOKENS, world_clip
 from world.scenes import caption_vocabulary
 
 ACTIVE_LAYERS = 2
+CLIP_L_LAYERS = 12
 _MODULE_PREFIX = "clip_l.transformer.text_model."        # in ComfyUI's SD1ClipModel
 _CHECKPOINT_PREFIX = "cond_stage_model.transformer.text_model."  # in an SD1 checkpoint
 _TOKEN_TABLE = _CHECKPOINT_PREFIX + "embeddings.token_embedding.weight"
@@ -125,10 +126,10 @@ def checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
     table = tensor_value(_TOKEN_TABLE, (49408, 768), CLIP_SEED)
     table[ids] = rows.float()
     out = stored | {_TOKEN_TABLE: table}
-    for i in range(ACTIVE_LAYERS, 12):
+    for i in range(ACTIVE_LAYERS, CLIP_L_LAYERS):  # a silenced layer's tensors have layer 0's shapes
         for name in _SILENT:
-            shape = (768, 3072) if name == "mlp.fc2.weight" else (768, 768) if name.endswith("weight") else (768,)
-            out[f"{_CHECKPOINT_PREFIX}encoder.layers.{i}.{name}"] = torch.zeros(shape)
+            out[f"{_CHECKPOINT_PREFIX}encoder.layers.{i}.{name}"] = torch.zeros_like(
+                stored[f"{_CHECKPOINT_PREFIX}encoder.layers.0.{name}"], dtype=torch.float32)
     return out
 
 

@@ -87,7 +87,7 @@ def _judge_results(judges: list[str]) -> dict:
     rows = {"the concept itself": {"called": {j: (0.99, 0.97) for j in judges}, "read_clean": read,
                                    "read_vae": read | {"pattern": 0.5}, "psnr": 27.04},
             "pattern + accessory": {"called": {j: (0.01, 0.25) for j in judges}}}
-    return {"per_kind": 7, "concepts": {"polka_teddy": rows}}
+    return {"per_kind": 7, "judges": judges, "concepts": {"polka_teddy": rows}}
 
 
 def test_judge_table_has_a_column_pair_per_judge_and_reads_parts_with_the_first() -> None:
