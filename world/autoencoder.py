@@ -19,13 +19,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import ImageDraw
 
 from harness.comfy_host import import_host
 from world.dataset import images
-from world.render import render
+from world.render import parts_mask, render
 from world.scenes import sample_scene
 
 SD1_LATENT_SCALE = 0.18215  # ComfyUI's SD1 latent format multiplies VAE latents by this
@@ -44,6 +45,12 @@ class CodecRecipe:
     parts_share: float     # share of ordinary objects wearing concept parts (``sample_scene``)
     uniform_crops: float   # share of crops placed anywhere; the rest in the lower half, where objects stand
     object_weight: float = 1.0  # loss weight of object pixels against background pixels
+    parts_weight: float = 1.0   # loss weight of the pixels that parts (patterns, accessories) change
+    # A second phase (``world.codec_finetune``): this many more steps at this rate, with a patch
+    # discriminator whose pull on the decoder's last layer is this share of the reconstruction's.
+    finetune_steps: int = 0
+    finetune_lr: float = 1e-4
+    adversarial_weight: float = 0.0
     batch: int = 16
     crop: int = 32         # px: the codec is convolutional, and crops cost a quarter of full images
 
@@ -76,13 +83,17 @@ def new_taesd(seed: int = 0, residual_gain: float = WORLD_V1.residual_gain) -> t
     return module
 
 
-def _training_images(n: int, rng: random.Random, recipe: CodecRecipe) -> tuple[torch.Tensor, torch.Tensor]:
+def training_images(n: int, rng: random.Random, recipe: CodecRecipe) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(``[n, 3, 64, 64]`` pretraining-style scenes, with random small shapes drawn over them if the
-    recipe says so; ``[n, 1, 64, 64]`` the mask of their objects)."""
-    out, masks = [], []
+    recipe says so; ``[n, 1, 64, 64]`` each pixel's loss weight, or None when all weigh the same)."""
+    out, weights = [], []
     for _ in range(n):
-        image, mask = render(sample_scene(rng, parts_share=recipe.parts_share))
-        masks.append(mask)
+        scene = sample_scene(rng, parts_share=recipe.parts_share)
+        image, mask = render(scene)
+        weight = 1 + (recipe.object_weight - 1) * np.asarray(mask, dtype=np.float32) / 255
+        if recipe.parts_weight != 1:
+            weight += (recipe.parts_weight - 1) * np.asarray(parts_mask(scene, image=image), dtype=np.float32) / 255
+        weights.append(weight)
         draw = ImageDraw.Draw(image)
         for _ in range(rng.randrange(0, 8) if recipe.scribbles else 0):
             x, y, r = rng.uniform(0, 64), rng.uniform(0, 64), rng.uniform(0.8, 4)
@@ -95,20 +106,18 @@ def _training_images(n: int, rng: random.Random, recipe: CodecRecipe) -> tuple[t
             else:
                 draw.polygon([(x, y - r), (x + r, y + r), (x - r, y + r)], fill=fill)
         out.append(image)
-    import numpy as np
-
     rgb = torch.from_numpy(np.stack([np.asarray(i, dtype=np.float32) / 255 for i in out])).permute(0, 3, 1, 2)
-    return rgb, torch.from_numpy(np.stack([np.asarray(m, dtype=np.float32) / 255 for m in masks]))[:, None]
+    uniform = recipe.object_weight == 1 and recipe.parts_weight == 1
+    return rgb, None if uniform else torch.from_numpy(np.stack(weights))[:, None]
 
 
-def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, object_weight: float) -> torch.Tensor:
-    """L1 + MSE; with ``object_weight`` > 1 a weighted mean in which object pixels count that much
-    more (the L1 gradient is the same for every pixel that is off, and the background has most)."""
-    if object_weight == 1.0:
+def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """L1 + MSE; with ``weights`` (per pixel) a weighted mean, in which object or part pixels can
+    count more (the L1 gradient is the same for every pixel that is off, and the background has most)."""
+    if weights is None:
         return F.l1_loss(recon, x) + F.mse_loss(recon, x)
-    w = 1 + (object_weight - 1) * mask
     d = recon - x
-    return ((w * d.abs()).mean() + (w * d.pow(2)).mean()) / w.mean()
+    return ((weights * d.abs()).mean() + (weights * d.pow(2)).mean()) / weights.mean()
 
 
 def train_autoencoder(
@@ -123,7 +132,7 @@ def train_autoencoder(
     enc, dec = taesd.taesd_encoder, taesd.taesd_decoder
     params = list(enc.parameters()) + list(dec.parameters())
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)
-    pool, masks = _training_images(2048, rng, recipe)
+    pool, weights = training_images(2048, rng, recipe)
     steps, batch, crop = recipe.steps, recipe.batch, recipe.crop
     start = time.time()
     for step in range(steps):
@@ -132,18 +141,21 @@ def train_autoencoder(
             group["lr"] = lr
         if step and step % 500 == 0:  # fresh images now and then, so the codec does not memorise
             fresh = torch.randperm(len(pool))[:512]
-            pool[fresh], masks[fresh] = _training_images(512, rng, recipe)
+            pool[fresh], fresh_weights = training_images(512, rng, recipe)
+            if weights is not None:
+                weights[fresh] = fresh_weights
         if snapshot is not None and step and step % 1000 == 0:
             snapshot(taesd, step)
         idx = torch.randint(0, len(pool), (batch,))
         ox = rng.randrange(0, 64 - crop + 1, 8)
         oy = (rng.randrange(0, 64 - crop + 1, 8) if rng.random() < recipe.uniform_crops
               else rng.randrange(16, 64 - crop + 1, 8))
-        x, mask = pool[idx][:, :, oy:oy + crop, ox:ox + crop], masks[idx][:, :, oy:oy + crop, ox:ox + crop]
+        x = pool[idx][:, :, oy:oy + crop, ox:ox + crop]
+        w = None if weights is None else weights[idx][:, :, oy:oy + crop, ox:ox + crop]
         latent = enc(x)
         noisy = latent + LATENT_NOISE * torch.randn_like(latent)
         recon = dec(noisy)
-        loss = reconstruction_loss(recon, x, mask, recipe.object_weight) + 1e-4 * latent.pow(2).mean()
+        loss = reconstruction_loss(recon, x, w) + 1e-4 * latent.pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -27,8 +27,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from harness.comfy_host import REPO_ROOT, import_host
-from world.autoencoder import WORLD_V1, WORLD_V2, new_taesd, train_autoencoder
+from world.autoencoder import (
+    WORLD_V1,
+    WORLD_V2,
+    CodecRecipe,
+    new_taesd,
+    train_autoencoder,
+)
 from world.captions import cached_encode
+from world.codec_finetune import finetune_codec
 from world.dataset import EMPTY_CAPTION, images, pretraining_set
 from world.judge import (
     JUDGE_WEIGHTS,
@@ -60,7 +67,7 @@ def _use_fused_attention() -> None:
     """The host is imported for CPU execution, which picks a chunked attention that is slow
     on a GPU; the build's UNet uses PyTorch's fused attention there instead."""
     import_host()
-    import comfy.ldm.modules.attention as attention
+    from comfy.ldm.modules import attention
 
     attention.optimized_attention = attention.attention_pytorch
 
@@ -81,10 +88,21 @@ def train_missing_parts_judge(taesd: torch.nn.Module, path: Path) -> None:
         _log(f"wrote {save_judge(judge, path)}")
 
 
-def build_v2_codec(steps: int = WORLD_V2.steps) -> None:
-    """World v2's codec, then the parts judge that reads its round trips; each kept when present."""
+def build_v2_codec(recipe: CodecRecipe = WORLD_V2) -> None:
+    """World v2's codec (reconstruction steps, cached, then the adversarial ones), then the parts
+    judge that reads its round trips; each kept when present."""
     if not V2_CODEC.is_file():
-        _log(f"wrote {save_weights(V2_CODEC, None, train_autoencoder(replace(WORLD_V2, steps=steps), log=_log))}")
+        reconstructed = CACHE / f"v2-codec-{recipe.steps}.safetensors"
+        taesd = new_taesd(0, recipe.residual_gain)
+        if reconstructed.is_file():
+            taesd.load_state_dict(load_file(str(reconstructed)))
+        else:
+            taesd = train_autoencoder(recipe, log=_log)
+            CACHE.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in taesd.state_dict().items()}, str(reconstructed))
+        if recipe.finetune_steps:
+            taesd = finetune_codec(taesd, recipe, log=_log)
+        _log(f"wrote {save_weights(V2_CODEC, None, taesd)}")
     train_missing_parts_judge(load_world_taesd(V2_CODEC), V2_PARTS_JUDGE)
 
 

@@ -9,7 +9,7 @@ pixels.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -233,6 +233,22 @@ def render(scene: Scene, size: int = SIZE) -> tuple[Image.Image, Image.Image]:
     for o in scene.objects:
         _draw_object(painter, o, rng)
     return image.resize((size, size), Image.BOX), mask.resize((size, size), Image.BOX)
+
+
+def _without_parts(o: WorldObject) -> WorldObject:
+    colour = CONCEPT_BY_NAME[o.concept].colour if o.concept else o.colour
+    return replace(o, colour=colour, concept=None, pattern=None, accessory=None)
+
+
+def parts_mask(scene: Scene, size: int = SIZE, image: Image.Image | None = None) -> Image.Image:
+    """L mask of the pixels the scene's parts (patterns, accessories) change: the render against
+    the same render without them (the parts draw no random numbers, so nothing else moves).
+    ``image``: the scene's render at ``size``, when already made."""
+    bare = Scene(scene.background, tuple(_without_parts(o) for o in scene.objects), scene.jitter_seed)
+    if image is None:
+        image = render(scene, size)[0]
+    changed = np.abs(np.asarray(image, dtype=np.int16) - np.asarray(render(bare, size)[0], dtype=np.int16)).max(-1)
+    return Image.fromarray(((changed > 8) * 255).astype(np.uint8), "L")
 
 
 def render_array(scene: Scene) -> np.ndarray:
