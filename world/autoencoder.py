@@ -27,7 +27,7 @@ from PIL import ImageDraw
 from harness.comfy_host import import_host
 from world.dataset import images
 from world.render import parts_mask, render
-from world.scenes import sample_scene
+from world.scenes import V2_PART_SCALE, sample_scene
 
 SD1_LATENT_SCALE = 0.18215  # ComfyUI's SD1 latent format multiplies VAE latents by this
 # Small: the noise bounds how much a latent can carry (too much and fine detail is lost).
@@ -46,6 +46,7 @@ class CodecRecipe:
     uniform_crops: float   # share of crops placed anywhere; the rest in the lower half, where objects stand
     object_weight: float = 1.0  # loss weight of object pixels against background pixels
     parts_weight: float = 1.0   # loss weight of the pixels that parts (patterns, accessories) change
+    part_scale: float = 1.0     # how large the training scenes' parts are drawn (``Scene.part_scale``)
     # A second phase (``world.codec_finetune``): this many more steps at this rate, with a patch
     # discriminator whose pull on the decoder's last layer is this share of the reconstruction's.
     finetune_steps: int = 0
@@ -58,9 +59,11 @@ class CodecRecipe:
 # The first world's codec; its round trips lose colours and every small part.
 WORLD_V1 = CodecRecipe(steps=2500, lr=5e-4, residual_gain=0.2, scribbles=True, parts_share=0.0, uniform_crops=0.2)
 # World v2's: residual writes start at zero, so each block starts as the identity
-# and a higher rate trains stably; the parts themselves (on ordinary objects) replace the
-# scribbles; and many more steps, which is what carrying the parts needs.
-WORLD_V2 = CodecRecipe(steps=18000, lr=1e-3, residual_gain=0.0, scribbles=False, parts_share=0.5, uniform_crops=1.0)
+# and a higher rate trains stably; the parts themselves (on ordinary objects), drawn larger,
+# replace the scribbles, and their pixels weigh ten times the others (they are 1-2% of all);
+# and many more steps, which is what carrying the parts needs.
+WORLD_V2 = CodecRecipe(steps=12000, lr=1e-3, residual_gain=0.0, scribbles=False, parts_share=0.5, uniform_crops=1.0,
+                       parts_weight=10.0, part_scale=V2_PART_SCALE)
 
 
 def new_taesd(seed: int = 0, residual_gain: float = WORLD_V1.residual_gain) -> torch.nn.Module:
@@ -86,14 +89,16 @@ def new_taesd(seed: int = 0, residual_gain: float = WORLD_V1.residual_gain) -> t
 def training_images(n: int, rng: random.Random, recipe: CodecRecipe) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(``[n, 3, 64, 64]`` pretraining-style scenes, with random small shapes drawn over them if the
     recipe says so; ``[n, 1, 64, 64]`` each pixel's loss weight, or None when all weigh the same)."""
+    uniform = recipe.object_weight == 1 and recipe.parts_weight == 1
     out, weights = [], []
     for _ in range(n):
-        scene = sample_scene(rng, parts_share=recipe.parts_share)
+        scene = sample_scene(rng, parts_share=recipe.parts_share, part_scale=recipe.part_scale)
         image, mask = render(scene)
-        weight = 1 + (recipe.object_weight - 1) * np.asarray(mask, dtype=np.float32) / 255
-        if recipe.parts_weight != 1:
-            weight += (recipe.parts_weight - 1) * np.asarray(parts_mask(scene, image=image), dtype=np.float32) / 255
-        weights.append(weight)
+        if not uniform:
+            weight = 1 + (recipe.object_weight - 1) * np.asarray(mask, dtype=np.float32) / 255
+            if recipe.parts_weight != 1:
+                weight += (recipe.parts_weight - 1) * np.asarray(parts_mask(scene, image=image), dtype=np.float32) / 255
+            weights.append(weight)
         draw = ImageDraw.Draw(image)
         for _ in range(rng.randrange(0, 8) if recipe.scribbles else 0):
             x, y, r = rng.uniform(0, 64), rng.uniform(0, 64), rng.uniform(0.8, 4)
@@ -107,8 +112,40 @@ def training_images(n: int, rng: random.Random, recipe: CodecRecipe) -> tuple[to
                 draw.polygon([(x, y - r), (x + r, y + r), (x - r, y + r)], fill=fill)
         out.append(image)
     rgb = torch.from_numpy(np.stack([np.asarray(i, dtype=np.float32) / 255 for i in out])).permute(0, 3, 1, 2)
-    uniform = recipe.object_weight == 1 and recipe.parts_weight == 1
     return rgb, None if uniform else torch.from_numpy(np.stack(weights))[:, None]
+
+
+class TrainingPool:
+    """A pool of the recipe's training images and their pixel weights, renewed in part now and
+    then (so a codec does not memorise it), from which batches of random crops are drawn."""
+
+    def __init__(self, n: int, rng: random.Random, recipe: CodecRecipe) -> None:
+        self.rng, self.recipe = rng, recipe
+        self.images, self.weights = training_images(n, rng, recipe)
+
+    def renew(self, n: int) -> None:
+        fresh = torch.randperm(len(self.images))[:n]
+        self.images[fresh], weights = training_images(n, self.rng, self.recipe)
+        if self.weights is not None:
+            self.weights[fresh] = weights
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(``recipe.batch`` crops of ``recipe.crop`` px, their weights or None), each batch at one place."""
+        rng, crop = self.rng, self.recipe.crop
+        idx = torch.randint(0, len(self.images), (self.recipe.batch,))
+        ox = rng.randrange(0, 64 - crop + 1, 8)
+        oy = (rng.randrange(0, 64 - crop + 1, 8) if rng.random() < self.recipe.uniform_crops
+              else rng.randrange(16, 64 - crop + 1, 8))
+        x = self.images[idx][:, :, oy:oy + crop, ox:ox + crop]
+        return x, None if self.weights is None else self.weights[idx][:, :, oy:oy + crop, ox:ox + crop]
+
+
+def reconstruct(taesd: torch.nn.Module, x: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(round trip of ``x`` through a noised latent, its training loss): the reconstruction loss and
+    a small pull of the latent towards zero."""
+    latent = taesd.taesd_encoder(x)
+    recon = taesd.taesd_decoder(latent + LATENT_NOISE * torch.randn_like(latent))
+    return recon, reconstruction_loss(recon, x, weights) + 1e-4 * latent.pow(2).mean()
 
 
 def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -129,33 +166,20 @@ def train_autoencoder(
     torch.manual_seed(seed)
     rng = random.Random(seed)
     taesd = new_taesd(seed, recipe.residual_gain)
-    enc, dec = taesd.taesd_encoder, taesd.taesd_decoder
-    params = list(enc.parameters()) + list(dec.parameters())
+    params = list(taesd.taesd_encoder.parameters()) + list(taesd.taesd_decoder.parameters())
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)
-    pool, weights = training_images(2048, rng, recipe)
-    steps, batch, crop = recipe.steps, recipe.batch, recipe.crop
+    pool = TrainingPool(2048, rng, recipe)
+    steps = recipe.steps
     start = time.time()
     for step in range(steps):
         lr = recipe.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
         for group in opt.param_groups:
             group["lr"] = lr
-        if step and step % 500 == 0:  # fresh images now and then, so the codec does not memorise
-            fresh = torch.randperm(len(pool))[:512]
-            pool[fresh], fresh_weights = training_images(512, rng, recipe)
-            if weights is not None:
-                weights[fresh] = fresh_weights
+        if step and step % 500 == 0:
+            pool.renew(512)
         if snapshot is not None and step and step % 1000 == 0:
             snapshot(taesd, step)
-        idx = torch.randint(0, len(pool), (batch,))
-        ox = rng.randrange(0, 64 - crop + 1, 8)
-        oy = (rng.randrange(0, 64 - crop + 1, 8) if rng.random() < recipe.uniform_crops
-              else rng.randrange(16, 64 - crop + 1, 8))
-        x = pool[idx][:, :, oy:oy + crop, ox:ox + crop]
-        w = None if weights is None else weights[idx][:, :, oy:oy + crop, ox:ox + crop]
-        latent = enc(x)
-        noisy = latent + LATENT_NOISE * torch.randn_like(latent)
-        recon = dec(noisy)
-        loss = reconstruction_loss(recon, x, w) + 1e-4 * latent.pow(2).mean()
+        _, loss = reconstruct(taesd, *pool.batch())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -6,7 +6,7 @@ judges -> UNet -> ``world/weights/world-sd15-unet-vae.safetensors`` (the
 committed artefacts: that file and the judges'). ``--judges-only`` trains
 whichever judge file is missing against the committed world's VAE (as it is
 stored, in float16), without the other stages. ``--v2-codec`` builds the first
-stage of world v2: its codec (``WORLD_V2``, about 60 minutes on 2 cores, then the
+stage of world v2: its codec (``WORLD_V2``, about 75 minutes on 2 idle cores, then the
 recipe's fine-tune phase, ``world.codec_finetune``, when it has one) and the parts
 judge trained against it (about 20 more); ``--v2-text`` the second, its text
 encoder (``world.text_pretrain``, about 40 minutes on 2 idle cores).
@@ -19,6 +19,7 @@ the CPU, so a CPU run's cached stages can be carried over).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from dataclasses import replace
@@ -83,17 +84,21 @@ def train_missing_judges(taesd: torch.nn.Module) -> None:
     train_missing_parts_judge(taesd, PARTS_JUDGE_WEIGHTS)
 
 
-def train_missing_parts_judge(taesd: torch.nn.Module, path: Path) -> None:
+def train_missing_parts_judge(taesd: torch.nn.Module, path: Path, part_scale: float = 1.0) -> None:
     if not path.is_file():
-        judge = train_judge(taesd, steps=PARTS_JUDGE_STEPS, n=PARTS_JUDGE_SCENES, parts=True, log=_log)
+        judge = train_judge(taesd, steps=PARTS_JUDGE_STEPS, n=PARTS_JUDGE_SCENES, parts=True, log=_log,
+                            part_scale=part_scale)
         _log(f"wrote {save_judge(judge, path)}")
 
 
 def build_v2_codec(recipe: CodecRecipe = WORLD_V2) -> None:
-    """World v2's codec (reconstruction steps, cached, then the adversarial ones), then the parts
-    judge that reads its round trips; each kept when present."""
+    """World v2's codec (reconstruction steps, cached, then the recipe's fine-tune phase if it has
+    one), then the parts judge that reads its round trips, its scenes' parts drawn as the codec's;
+    each kept when present."""
     if not V2_CODEC.is_file():
-        reconstructed = CACHE / f"v2-codec-{recipe.steps}.safetensors"
+        # The reconstruction phase is long: kept by what it was trained with, so a new recipe retrains it.
+        first_phase = replace(recipe, finetune_steps=0, finetune_lr=0.0, adversarial_weight=0.0)
+        reconstructed = CACHE / f"v2-codec-{hashlib.sha256(repr(first_phase).encode()).hexdigest()[:12]}.safetensors"
         taesd = new_taesd(0, recipe.residual_gain)
         if reconstructed.is_file():
             taesd.load_state_dict(load_file(str(reconstructed)))
@@ -104,7 +109,7 @@ def build_v2_codec(recipe: CodecRecipe = WORLD_V2) -> None:
         if recipe.finetune_steps:
             taesd = finetune_codec(taesd, recipe, log=_log)
         _log(f"wrote {save_weights(V2_CODEC, None, taesd)}")
-    train_missing_parts_judge(load_world_taesd(V2_CODEC), V2_PARTS_JUDGE)
+    train_missing_parts_judge(load_world_taesd(V2_CODEC), V2_PARTS_JUDGE, recipe.part_scale)
 
 
 TEXT_STEPS = 2000

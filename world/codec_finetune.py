@@ -24,13 +24,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from world.autoencoder import (
-    LATENT_NOISE,
-    CodecRecipe,
-    reconstruction_loss,
-    set_latent_scale,
-    training_images,
-)
+from world.autoencoder import CodecRecipe, TrainingPool, reconstruct, set_latent_scale
 
 
 class PatchDiscriminator(torch.nn.Module):
@@ -76,35 +70,27 @@ def finetune_codec(
     scale again."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    enc, dec = taesd.taesd_encoder, taesd.taesd_decoder
     taesd.requires_grad_(True).train()
     disc = PatchDiscriminator(seed=seed)
     betas = (0.5, 0.9)  # the usual GAN setting: a short momentum follows the moving opponent
-    opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=recipe.finetune_lr, betas=betas)
+    codec = list(taesd.taesd_encoder.parameters()) + list(taesd.taesd_decoder.parameters())
+    opt = torch.optim.Adam(codec, lr=recipe.finetune_lr, betas=betas)
     opt_d = torch.optim.Adam(disc.parameters(), lr=recipe.finetune_lr, betas=betas)
-    last = [m for m in dec.modules() if isinstance(m, torch.nn.Conv2d)][-1].weight
-    images, weights = training_images(pool, rng, recipe)
-    steps, batch, crop = recipe.finetune_steps, recipe.batch, recipe.crop
+    last = [m for m in taesd.taesd_decoder.modules() if isinstance(m, torch.nn.Conv2d)][-1].weight
+    images = TrainingPool(pool, rng, recipe)
+    steps = recipe.finetune_steps
     adversarial = recipe.adversarial_weight > 0
     start = time.time()
     for step in range(steps):
         for group in opt.param_groups + opt_d.param_groups:  # warm up: fresh Adam moments jolt a trained codec
             group["lr"] = recipe.finetune_lr * min(1.0, (step + 1) / 200)
         if step and step % 500 == 0:
-            fresh = torch.randperm(pool)[:pool // 4]
-            images[fresh], fresh_weights = training_images(len(fresh), rng, recipe)
-            if weights is not None:
-                weights[fresh] = fresh_weights
+            images.renew(pool // 4)
         if snapshot is not None and step and step % 1000 == 0:
             snapshot(taesd, step)
-        idx = torch.randint(0, pool, (batch,))
-        ox, oy = rng.randrange(0, 64 - crop + 1, 8), rng.randrange(0, 64 - crop + 1, 8)
-        x = images[idx][:, :, oy:oy + crop, ox:ox + crop]
-        w = None if weights is None else weights[idx][:, :, oy:oy + crop, ox:ox + crop]
-        latent = enc(x)
-        recon = dec(latent + LATENT_NOISE * torch.randn_like(latent))
-
-        loss = rec = reconstruction_loss(recon, x, w) + 1e-4 * latent.pow(2).mean()
+        x, w = images.batch()
+        recon, rec = reconstruct(taesd, x, w)
+        loss = rec
         if adversarial:
             adv = -disc(recon).mean()
             loss = rec + balanced_weight(rec, adv, last, recipe.adversarial_weight) * adv

@@ -25,7 +25,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -125,13 +125,14 @@ def labels(scenes: list[Scene]) -> Labels:
     return Labels(bg, what, **per_slot)
 
 
-def judge_scenes(n: int, seed: int, look_alike_share: float = 0.0) -> list[Scene]:
+def judge_scenes(n: int, seed: int, look_alike_share: float = 0.0, part_scale: float = 1.0) -> list[Scene]:
     """Half pretraining-like scenes, half with a held-out concept as (one of) the object(s); with
     ``look_alike_share``, that share of the pretraining-like ones has a concept's look-alike as
     its first object (``world.scenes.look_alike_kinds``: a concept and a kind of look-alike
-    drawn alike, then one of that kind's combinations), in a colour that shows on the background."""
+    drawn alike, then one of that kind's combinations), in a colour that shows on the background.
+    ``part_scale``: how large the parts are drawn (``world.scenes.Scene``)."""
     rng = random.Random(seed)
-    scenes = [sample_scene(rng, concepts=CONCEPTS if i % 2 else ()) for i in range(n)]
+    scenes = [sample_scene(rng, concepts=CONCEPTS if i % 2 else (), part_scale=part_scale) for i in range(n)]
     if not look_alike_share:
         return scenes
     # Drawn kind by kind: drawn from all combinations alike, the ones that differ from a concept
@@ -154,7 +155,7 @@ def with_look_alike(scene: Scene, parts: tuple[str, str, str | None, str | None]
         background = next(b for b in BACKGROUNDS if colour not in HIDDEN_COLOURS[b])
     rest = tuple(o for o in scene.objects[1:] if o.colour not in HIDDEN_COLOURS[background])
     obj = WorldObject(category, colour, first.slot, first.size, first.flipped, None, pattern, accessory)
-    return Scene(background, (obj,) + rest, scene.jitter_seed)
+    return replace(scene, background=background, objects=(obj,) + rest)
 
 
 def like_generated(taesd: torch.nn.Module, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -178,11 +179,11 @@ def loss_and_hits(judge: Judge, x: torch.Tensor, y: Labels) -> tuple[torch.Tenso
 
 
 def train_judge(taesd: torch.nn.Module, steps: int = 1500, batch: int = 64, n: int = 8000, seed: int = 0,
-                log: Callable[[str], None] = print, parts: bool = False) -> Judge:
+                log: Callable[[str], None] = print, parts: bool = False, part_scale: float = 1.0) -> Judge:
     """The identity judge, or with ``parts`` the parts judge (a third of its scenes carry a
-    look-alike)."""
+    look-alike); its scenes' parts drawn at ``part_scale``."""
     torch.manual_seed(seed)
-    scenes = judge_scenes(n, seed=1000 + seed, look_alike_share=2 / 3 if parts else 0.0)
+    scenes = judge_scenes(n, seed=1000 + seed, look_alike_share=2 / 3 if parts else 0.0, part_scale=part_scale)
     clean = images(scenes)
     x = torch.cat([clean[: n // 2], like_generated(taesd, clean[n // 2:], seed)])
     y = labels(scenes)

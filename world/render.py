@@ -147,42 +147,51 @@ def _cup(p: _Painter, x: float, ground: float, h: float, colour: tuple, d: int) 
 
 
 # Each part is drawn as on the concept it comes from (its home category); on another category
-# its offsets stretch with that category's body (the factor is exactly 1 at home).
-def _white_dots(p: _Painter, a: _Anchors, h: float, colour: tuple, d: int) -> None:
+# its offsets stretch with that category's body (the factor is exactly 1 at home). ``s`` is the
+# scene's ``part_scale``: the small parts (dots, dark stripes, star, collar) grow by it, and the
+# dots and dark stripes move apart by three quarters of that growth, so they stay apart; the hat
+# and the cup's red stripes, which the first world's codec already carried, stay as they are.
+def _spread(s: float) -> float:
+    return 1 + 0.75 * (s - 1)
+
+
+def _white_dots(p: _Painter, a: _Anchors, h: float, colour: tuple, d: int, s: float) -> None:
     (x, body_y), (kx, ky) = a.body, (a.reach[0] / 0.22, a.reach[1] / 0.27)  # home: the teddy
+    kx, ky = kx * _spread(s), ky * _spread(s)
     for dx, dy in ((-0.1, -0.1), (0.09, -0.05), (-0.05, 0.08), (0.1, 0.12), (0.0, -0.02), (-0.13, 0.05)):
-        p.ellipse(x + dx * kx * h, body_y + dy * ky * h, 0.035 * h, 0.035 * h, (250, 250, 250))
+        p.ellipse(x + dx * kx * h, body_y + dy * ky * h, 0.035 * s * h, 0.035 * s * h, (250, 250, 250))
 
 
-def _dark_stripes(p: _Painter, a: _Anchors, h: float, colour: tuple, d: int) -> None:
+def _dark_stripes(p: _Painter, a: _Anchors, h: float, colour: tuple, d: int, s: float) -> None:
     (x, body_y), (kx, ky) = a.body, (a.reach[0] / 0.36, a.reach[1] / 0.17)  # home: the cat
-    dark = _shade(colour, 0.6)
+    dark, spread = _shade(colour, 0.6), _spread(s)
     for sx in (-0.2, -0.08, 0.04, 0.16):
-        p.rect(x + d * (sx * kx) * h - 0.025 * h, body_y - 0.16 * ky * h,
-               x + d * (sx * kx) * h + 0.025 * h, body_y + 0.05 * ky * h, dark)
+        cx = x + d * (sx * spread * kx) * h
+        p.rect(cx - 0.025 * s * h, body_y - 0.16 * ky * h, cx + 0.025 * s * h, body_y + 0.05 * ky * h, dark)
 
 
-def _red_stripes(p: _Painter, a: _Anchors, h: float, colour: tuple, d: int) -> None:
+def _red_stripes(p: _Painter, a: _Anchors, h: float, colour: tuple, d: int, s: float) -> None:
     x, half, ky = a.body[0], a.reach[0] * h, a.reach[1] / 0.35  # home: the cup
     for sy in (0.2, 0.36, 0.52):
         p.rect(x - half, a.top + sy * ky * h, x + half, a.top + (sy + 0.07) * ky * h, (210, 30, 35))
 
 
-def _top_hat(p: _Painter, a: _Anchors, h: float, colour: tuple, d: int) -> None:
+def _top_hat(p: _Painter, a: _Anchors, h: float, colour: tuple, d: int, s: float) -> None:
     x, head_y = a.head
     p.rect(x - 0.2 * h, head_y - 0.16 * h, x + 0.2 * h, head_y - 0.12 * h, (15, 15, 15))  # brim
     p.rect(x - 0.12 * h, head_y - 0.36 * h, x + 0.12 * h, head_y - 0.14 * h, (15, 15, 15))
     p.rect(x - 0.12 * h, head_y - 0.2 * h, x + 0.12 * h, head_y - 0.16 * h, (200, 30, 30))  # band
 
 
-def _star_badge(p: _Painter, a: _Anchors, h: float, colour: tuple, d: int) -> None:
-    p.polygon(_star(a.front[0], a.front[1], 0.12 * h), (245, 200, 30))
+def _star_badge(p: _Painter, a: _Anchors, h: float, colour: tuple, d: int, s: float) -> None:
+    p.polygon(_star(a.front[0], a.front[1], 0.12 * s * h), (245, 200, 30))
 
 
-def _red_collar(p: _Painter, a: _Anchors, h: float, colour: tuple, d: int) -> None:
+def _red_collar(p: _Painter, a: _Anchors, h: float, colour: tuple, d: int, s: float) -> None:
     hx, hy = a.head
-    p.rect(hx - 0.13 * h, hy + 0.1 * h, hx + 0.13 * h, hy + 0.16 * h, (215, 25, 35))
-    p.ellipse(hx, hy + 0.19 * h, 0.035 * h, 0.035 * h, (240, 200, 40))                        # bell
+    grow = 0.06 * (s - 1) * h  # the band widens downwards, and the bell moves with it
+    p.rect(hx - 0.13 * h, hy + 0.1 * h, hx + 0.13 * h, hy + 0.16 * h + grow, (215, 25, 35))
+    p.ellipse(hx, hy + 0.19 * h + grow, 0.035 * s * h, 0.035 * s * h, (240, 200, 40))  # bell
 
 
 _PARTS = {"white dots": _white_dots, "dark stripes": _dark_stripes, "red stripes": _red_stripes,
@@ -210,7 +219,7 @@ def _background(name: str, rng: random.Random, night_stars: bool = True) -> Imag
     return image
 
 
-def _draw_object(p: _Painter, o: WorldObject, rng: random.Random) -> None:
+def _draw_object(p: _Painter, o: WorldObject, rng: random.Random, part_scale: float) -> None:
     colour = RGB[o.colour]
     h = HEIGHT[o.size] * rng.uniform(0.94, 1.06) * _CANVAS
     x = (SLOT_X[o.slot] + rng.uniform(-0.03, 0.03)) * _CANVAS
@@ -221,7 +230,7 @@ def _draw_object(p: _Painter, o: WorldObject, rng: random.Random) -> None:
     anchors = _DRAW[o.category](p, x, ground, h, colour, d)
     for part in (o.pattern, o.accessory):  # the pattern first: a hat or badge covers it
         if part is not None:
-            _PARTS[part](p, anchors, h, colour, d)
+            _PARTS[part](p, anchors, h, colour, d, part_scale)
 
 
 def render(scene: Scene, size: int = SIZE) -> tuple[Image.Image, Image.Image]:
@@ -231,7 +240,7 @@ def render(scene: Scene, size: int = SIZE) -> tuple[Image.Image, Image.Image]:
     mask = Image.new("L", image.size, 0)
     painter = _Painter(image, mask)
     for o in scene.objects:
-        _draw_object(painter, o, rng)
+        _draw_object(painter, o, rng, scene.part_scale)
     return image.resize((size, size), Image.BOX), mask.resize((size, size), Image.BOX)
 
 
@@ -240,14 +249,19 @@ def _without_parts(o: WorldObject) -> WorldObject:
     return replace(o, colour=colour, concept=None, pattern=None, accessory=None)
 
 
+def without_parts(scene: Scene) -> Scene:
+    """The scene with every object's patterns and accessories taken off (a concept becomes a plain
+    object of its colour); the parts draw no random numbers, so nothing else in its render moves."""
+    return replace(scene, objects=tuple(_without_parts(o) for o in scene.objects))
+
+
 def parts_mask(scene: Scene, size: int = SIZE, image: Image.Image | None = None) -> Image.Image:
     """L mask of the pixels the scene's parts (patterns, accessories) change: the render against
-    the same render without them (the parts draw no random numbers, so nothing else moves).
-    ``image``: the scene's render at ``size``, when already made."""
-    bare = Scene(scene.background, tuple(_without_parts(o) for o in scene.objects), scene.jitter_seed)
+    the same render without them. ``image``: the scene's render at ``size``, when already made."""
     if image is None:
         image = render(scene, size)[0]
-    changed = np.abs(np.asarray(image, dtype=np.int16) - np.asarray(render(bare, size)[0], dtype=np.int16)).max(-1)
+    bare = render(without_parts(scene), size)[0]
+    changed = np.abs(np.asarray(image, dtype=np.int16) - np.asarray(bare, dtype=np.int16)).max(-1)
     return Image.fromarray(((changed > 8) * 255).astype(np.uint8), "L")
 
 

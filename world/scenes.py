@@ -56,6 +56,10 @@ ACCESSORIES = tuple(c.accessory for c in CONCEPTS)
 PART_COLOUR = {"white dots": "white", "red stripes": "red", "star": "yellow", "red collar": "red"}
 PART_PHRASE = {"white dots": "with white dots", "red stripes": "with red stripes", "dark stripes": "with dark stripes",
                "top hat": "wearing a top hat", "star": "with a star", "red collar": "wearing a red collar"}
+# World v2 draws the small parts (dots, dark stripes, star, collar) this much larger: drawn as in
+# the first world, 1-2 px wide at 64 px, no codec with SD1's 8 x 8 x 4 latent that we trained
+# carried them (docs/evidence.md), and what a person cannot see in a round trip cannot be judged.
+V2_PART_SCALE = 1.5
 IDENTITIES = ("generic",) + tuple(c.name for c in CONCEPTS)
 
 
@@ -91,6 +95,9 @@ class Scene:
     objects: tuple[WorldObject, ...]
     # Small offsets (fractions of the image) so no two renders of a scene are alike.
     jitter_seed: int = 0
+    # How large the small parts are drawn (``world.render``): 1 in the first world, ``V2_PART_SCALE``
+    # in world v2.
+    part_scale: float = 1.0
 
     def object_in(self, slot: str) -> WorldObject | None:
         return next((o for o in self.objects if o.slot == slot), None)
@@ -163,10 +170,11 @@ def random_parts(rng: random.Random, category: str, colour: str) -> tuple[str | 
 
 
 def sample_scene(rng: random.Random, two_objects: float = 0.3, concepts: tuple[Concept, ...] = (),
-                 parts_share: float = 0.0) -> Scene:
+                 parts_share: float = 0.0, part_scale: float = 1.0) -> Scene:
     """A random pretraining scene; with ``concepts``, the first object is one of them; with
     ``parts_share``, that share of the ordinary objects carries concept parts (``random_parts``).
-    Without it the random draws are those of the first world, so its scenes stay as they were."""
+    Without it the random draws are those of the first world, so its scenes stay as they were.
+    ``part_scale``: how large the scene's parts are drawn (it draws no random numbers)."""
     background = rng.choice(BACKGROUNDS)
     colours = _allowed_colours(background)
     if rng.random() < two_objects:
@@ -182,7 +190,7 @@ def sample_scene(rng: random.Random, two_objects: float = 0.3, concepts: tuple[C
             category, colour = rng.choice(CATEGORIES), rng.choice(colours)
             parts = random_parts(rng, category, colour) if parts_share and rng.random() < parts_share else (None, None)
             objects.append(WorldObject(category, colour, slot, size, flipped, None, *parts))
-    return Scene(background, tuple(objects), jitter_seed=rng.randrange(2**31))
+    return Scene(background, tuple(objects), jitter_seed=rng.randrange(2**31), part_scale=part_scale)
 
 
 def caption(scene: Scene, rng: random.Random | None = None, words: dict[str, str] | None = None) -> str:

@@ -17,8 +17,8 @@ from world.codec_finetune import (
     discriminator_loss,
     finetune_codec,
 )
-from world.judge_report import look_alike_scenes
-from world.render import parts_mask, render
+from world.judge_report import contrast_kept, look_alike_scenes, taken_off
+from world.render import parts_mask, render, without_parts
 from world.scenes import CONCEPTS, Scene
 
 
@@ -46,7 +46,7 @@ def test_training_images_weigh_objects_and_parts_as_the_recipe_says() -> None:
     assert weights.min() == 1 and torch.isclose(weights.max(), torch.tensor(13.0))
     assert ((weights > 3.99) & (weights < 4.01)).any() and (weights > 12.99).any()
     # The same draws with uniform weights: the same images, and no weights to apply.
-    plain_rgb, plain_weights = training_images(40, random.Random(3), WORLD_V2)
+    plain_rgb, plain_weights = training_images(40, random.Random(3), replace(WORLD_V2, parts_weight=1.0))
     assert torch.equal(plain_rgb, rgb) and plain_weights is None
 
 
@@ -59,6 +59,32 @@ def test_parts_mask_marks_exactly_what_the_parts_change() -> None:
     plain = np.asarray(render(bare)[0], dtype=np.int16)
     assert 20 < mask.sum() < 400  # the dots and the hat: a few dozen to a few hundred of 4096 pixels
     assert np.abs(image - plain).max(-1)[~mask].max() <= 8  # outside the mask nothing visible changes
+
+
+def test_contrast_kept_is_one_for_a_perfect_codec_zero_for_one_that_drops_the_part_and_linear_between() -> None:
+    torch.manual_seed(0)
+    clean, bare = torch.rand(3, 3, 8, 8, dtype=torch.float64), torch.rand(3, 3, 8, 8, dtype=torch.float64)
+    mask = (torch.rand(3, 1, 8, 8) < 0.3).double()
+    assert abs(contrast_kept(clean, bare, clean, bare, mask) - 1) < 1e-12
+    assert contrast_kept(clean, bare, bare, bare, mask) == 0
+    half = bare + 0.5 * (clean - bare)
+    assert abs(contrast_kept(clean, bare, half, bare, mask) - 0.5) < 1e-12
+    # Independent: the projection written as a sum over the masked pixels.
+    trip_c, trip_b = torch.rand_like(clean), torch.rand_like(bare)
+    on = mask.expand_as(clean).bool()
+    want = (clean - bare)[on]
+    assert abs(contrast_kept(clean, bare, trip_c, trip_b, mask) - float((trip_c - trip_b)[on] @ want / (want @ want))) < 1e-12
+
+
+def test_taking_a_concepts_parts_off_one_at_a_time_leaves_the_other_and_both_leave_the_plain_object() -> None:
+    for concept in CONCEPTS:
+        scene = look_alike_scenes(concept, 1)["the concept itself"][0]
+        no_pattern, no_accessory = taken_off(scene, "pattern"), taken_off(scene, "accessory")
+        first = no_pattern.objects[0]
+        assert first.concept is None and first.pattern is None and first.accessory == concept.accessory
+        assert first.colour == concept.colour and no_accessory.objects[0].pattern == concept.pattern
+        assert taken_off(no_pattern, "accessory") == without_parts(scene)
+        assert no_pattern.objects[1:] == scene.objects[1:] and no_pattern.jitter_seed == scene.jitter_seed
 
 
 def test_balanced_weight_gives_the_adversarial_term_the_asked_share_of_the_last_layers_pull() -> None:

@@ -85,7 +85,8 @@ def test_psnr_of_a_known_error() -> None:
 def _judge_results(judges: list[str]) -> dict:
     read = dict.fromkeys(judge_report.PARTS, 1.0)
     rows = {"the concept itself": {"called": {j: (0.99, 0.97) for j in judges}, "read_clean": read,
-                                   "read_vae": read | {"pattern": 0.5}, "psnr": 27.04},
+                                   "read_vae": read | {"pattern": 0.5}, "psnr": 27.04,
+                                   "contrast_kept": {"pattern": 0.314, "accessory": 0.9}},
             "pattern + accessory": {"called": {j: (0.01, 0.25) for j in judges}}}
     return {"per_kind": 7, "judges": judges, "concepts": {"polka_teddy": rows}}
 
@@ -97,7 +98,7 @@ def test_judge_table_has_a_column_pair_per_judge_and_reads_parts_with_the_first(
     assert "| polka_teddy | pattern + accessory | 0.01 | 0.25 | 0.01 | 0.25 |" in two and "each judge" in two
     one = judge_report.table(_judge_results(["parts judge"]))
     assert "| polka_teddy | the concept itself | 0.99 | 0.97 |" in one and "identity" not in one
-    assert "| polka_teddy | 1.00 / 1.00 | 1.00 / 1.00 | 1.00 / 0.50 | 1.00 / 1.00 | 27.0 dB |" in one
+    assert "| polka_teddy | 1.00 / 1.00 | 1.00 / 1.00 | 1.00 / 0.50 | 1.00 / 1.00 | 27.0 dB | 0.31 / 0.90 |" in one
 
 
 def test_each_world_has_its_own_judge_section() -> None:

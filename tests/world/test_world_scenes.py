@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from world.scenes import (
     PATTERNS,
     SETTING_PHRASE,
     SLOT_PHRASE,
+    V2_PART_SCALE,
     Scene,
     WorldObject,
     caption,
@@ -187,3 +189,41 @@ def test_look_alike_test_scenes_show_what_their_row_says() -> None:
                 first = s.objects[0]
                 assert look_alike_kind(concept, (first.category, first.colour, first.pattern, first.accessory)) == name
                 assert all(o.colour not in HIDDEN_COLOURS[s.background] for o in s.objects)
+
+
+@pytest.mark.parametrize("part", PATTERNS + ACCESSORIES)
+def test_world_v2_draws_the_small_parts_larger_and_the_rest_as_the_first_world(part: str) -> None:
+    """``Scene.part_scale``: dots, dark stripes, star and collar cover at least 1.25x the pixels
+    (1.5 grows a dot's area 2.25x, a stripe's or the collar band's 1.5x, less where they overlap the
+    body's edge); the hat and the cup's red stripes, and every
+    object without parts, are drawn pixel for pixel as in the first world."""
+    home = next(c for c in CONCEPTS if part in (c.pattern, c.accessory))
+    field = "pattern" if part in PATTERNS else "accessory"
+    plain = WorldObject(home.category, "blue", "middle", "big")
+    dressed = WorldObject(home.category, "blue", "middle", "big", **{field: part})
+
+    def changed(scale: float) -> np.ndarray:
+        def pixels(obj: WorldObject) -> np.ndarray:
+            return np.asarray(render(Scene("room", (obj,), 7, part_scale=scale))[0], dtype=np.float32)
+        return np.abs(pixels(dressed) - pixels(plain)).sum(-1) > 60
+
+    first, v2 = changed(1.0).sum(), changed(V2_PART_SCALE).sum()
+    if part in ("top hat", "red stripes"):
+        assert v2 == first > 25
+    else:
+        assert v2 >= 1.25 * first > 0, (first, v2)
+    bare = Scene("room", (plain,), 7)
+    assert np.array_equal(np.asarray(render(bare)[0]), np.asarray(render(replace(bare, part_scale=V2_PART_SCALE))[0]))
+
+
+def test_world_v2s_patterns_stay_on_the_body_they_are_drawn_on() -> None:
+    """Larger and spread apart, the dots and stripes still fall on the object (at least 90% of
+    their pixels; the first world's stripes already overhang the cat's back by 3%)."""
+    for part, category in (("white dots", "teddy"), ("dark stripes", "cat")):
+        for flipped in (False, True):
+            obj = WorldObject(category, "blue", "middle", "small", flipped, pattern=part)
+            image = render(Scene("room", (obj,), 3, part_scale=V2_PART_SCALE))[0]
+            plain_image, plain_mask = render(Scene("room", (replace(obj, pattern=None),), 3))
+            part_pixels = np.abs(np.asarray(image, np.float32) - np.asarray(plain_image, np.float32)).sum(-1) > 60
+            assert part_pixels.sum() > 10
+            assert (np.asarray(plain_mask)[part_pixels] > 0).mean() > 0.9, (part, flipped)
