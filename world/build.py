@@ -8,7 +8,7 @@ whichever judge file is missing against the committed world's VAE (as it is
 stored, in float16), without the other stages. ``--v2-codec`` builds the first
 stage of world v2: its codec (``WORLD_V2``, about 75 minutes on 2 idle cores, then the
 recipe's fine-tune phase, ``world.codec_finetune``, when it has one) and the parts
-judge trained against it (about 20 more); ``--v2-text`` the second, its text
+judge trained against it (about 30 more); ``--v2-text`` the second, its text
 encoder (``world.text_pretrain``, about 40 minutes on 2 idle cores).
 Deterministic for a given torch build: every random choice comes from a seed.
 About 80 minutes on a 2-core CPU for the default 3000 steps, plus about 30 for the judges; ``--device cuda``

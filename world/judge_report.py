@@ -134,7 +134,7 @@ def measure(per_kind: int = 150, world: str = "v1") -> dict:
     taesd = load_world_taesd(codec)
     judges = {name: load_judge(path) for name, path in judge_files.items()}
     parts_judge = next(iter(judges.values()))
-    results: dict = {"per_kind": per_kind, "judges": list(judges), "concepts": {}}
+    results: dict = {"world": world, "per_kind": per_kind, "judges": list(judges), "concepts": {}}
     for concept in CONCEPTS:
         rows = {}
         for name, scenes in look_alike_scenes(concept, per_kind, part_scale=part_scale).items():
@@ -154,7 +154,8 @@ def measure(per_kind: int = 150, world: str = "v1") -> dict:
 def table(results: dict) -> str:
     n = results["per_kind"]
     judges = results["judges"]
-    intro = (f"Made by `python -m world.judge_report` ({n} new renders per row; a look-alike row draws its "
+    command = "python -m world.judge_report" + ("" if results.get("world", "v1") == "v1" else f" --world {results['world']}")
+    intro = (f"Made by `{command}` ({n} new renders per row; a look-alike row draws its "
              "objects at random from that kind's combinations, on backgrounds they show on). Share of images "
              f"in which {'each judge calls' if len(judges) > 1 else 'the judge calls'} the concept; the first row "
              "should be near 1, every other row near 0.")

@@ -99,6 +99,8 @@ def test_judge_table_has_a_column_pair_per_judge_and_reads_parts_with_the_first(
     one = judge_report.table(_judge_results(["parts judge"]))
     assert "| polka_teddy | the concept itself | 0.99 | 0.97 |" in one and "identity" not in one
     assert "| polka_teddy | 1.00 / 1.00 | 1.00 / 1.00 | 1.00 / 0.50 | 1.00 / 1.00 | 27.0 dB | 0.31 / 0.90 |" in one
+    assert "Made by `python -m world.judge_report` (" in one
+    assert "Made by `python -m world.judge_report --world v2` (" in judge_report.table(_judge_results(["parts judge"]) | {"world": "v2"})
 
 
 def test_each_world_has_its_own_judge_section() -> None:
