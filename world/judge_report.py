@@ -35,7 +35,7 @@ from world.judge import (
 )
 from world.metrics import fidelity
 from world.model import V2_CODEC, WEIGHTS, load_world_taesd
-from world.render import without_parts
+from world.render import VISIBLE_CHANGE, without_parts
 from world.report import write_section
 from world.sampling import grid
 from world.scenes import (
@@ -104,16 +104,22 @@ def taken_off(scene: Scene, part: str) -> Scene:
     return replace(scene, objects=(plain,) + scene.objects[1:])
 
 
-def part_contrast(taesd: torch.nn.Module, scenes: list[Scene]) -> dict[str, float]:
-    """``contrast_kept`` of the first object's pattern and of its accessory, each taken off on its own."""
-    clean = images(scenes)
-    clean_trip = round_trip(taesd, clean)
+def part_contrast(taesd: torch.nn.Module, scenes: list[Scene], clean: torch.Tensor,
+                  clean_trip: torch.Tensor) -> dict[str, float]:
+    """``contrast_kept`` of the first object's pattern and of its accessory, each taken off on its
+    own; ``clean`` are the scenes' renders and ``clean_trip`` their round trips."""
     out = {}
     for part in ("pattern", "accessory"):
         bare = images([taken_off(s, part) for s in scenes])
-        mask = ((clean - bare).abs().amax(1, keepdim=True) > 8 / 255).float()
+        mask = ((clean - bare).abs().amax(1, keepdim=True) > VISIBLE_CHANGE / 255).float()
         out[part] = contrast_kept(clean, bare, clean_trip, round_trip(taesd, bare), mask)
     return out
+
+
+def codec_measures(taesd: torch.nn.Module, scenes: list[Scene], clean: torch.Tensor) -> dict:
+    """The round trip's PSNR and ``part_contrast`` on the renders ``clean`` of ``scenes``."""
+    trip = round_trip(taesd, clean)
+    return {"psnr": psnr(trip, clean), "contrast_kept": part_contrast(taesd, scenes, clean, trip)}
 
 
 def psnr(x: torch.Tensor, reference: torch.Tensor) -> float:
@@ -145,8 +151,7 @@ def measure(per_kind: int = 150, world: str = "v1") -> dict:
             if name == "the concept itself":
                 rows[name] |= {"read_clean": parts_read(parts_judge, clean, scenes),
                                "read_vae": parts_read(parts_judge, through_vae, scenes),
-                               "psnr": psnr(round_trip(taesd, clean), clean),
-                               "contrast_kept": part_contrast(taesd, scenes)}
+                               **codec_measures(taesd, scenes, clean)}
         results["concepts"][concept.name] = rows
     return results
 

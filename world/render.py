@@ -249,6 +249,10 @@ def _without_parts(o: WorldObject) -> WorldObject:
     return replace(o, colour=colour, concept=None, pattern=None, accessory=None)
 
 
+# A pixel a part changes by more than this (of 255, in any channel) counts as the part's.
+VISIBLE_CHANGE = 8
+
+
 def without_parts(scene: Scene) -> Scene:
     """The scene with every object's patterns and accessories taken off (a concept becomes a plain
     object of its colour); the parts draw no random numbers, so nothing else in its render moves."""
@@ -262,7 +266,7 @@ def parts_mask(scene: Scene, size: int = SIZE, image: Image.Image | None = None)
         image = render(scene, size)[0]
     bare = render(without_parts(scene), size)[0]
     changed = np.abs(np.asarray(image, dtype=np.int16) - np.asarray(bare, dtype=np.int16)).max(-1)
-    return Image.fromarray(((changed > 8) * 255).astype(np.uint8), "L")
+    return Image.fromarray(((changed > VISIBLE_CHANGE) * 255).astype(np.uint8), "L")
 
 
 def render_array(scene: Scene) -> np.ndarray:
