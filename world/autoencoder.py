@@ -27,7 +27,7 @@ from PIL import ImageDraw
 from harness.comfy_host import import_host
 from world.dataset import images
 from world.render import parts_mask, render
-from world.scenes import V2_PART_SCALE, sample_scene
+from world.scenes import V2_PART_SCALE, V2_PARTS_SHARE, sample_scene
 
 SD1_LATENT_SCALE = 0.18215  # ComfyUI's SD1 latent format multiplies VAE latents by this
 # Small: the noise bounds how much a latent can carry (too much and fine detail is lost).
@@ -62,8 +62,8 @@ WORLD_V1 = CodecRecipe(steps=2500, lr=5e-4, residual_gain=0.2, scribbles=True, p
 # and a higher rate trains stably; the parts themselves (on ordinary objects), drawn larger,
 # replace the scribbles, and their pixels weigh ten times the others (they are 1-2% of all);
 # and many more steps, which is what carrying the parts needs.
-WORLD_V2 = CodecRecipe(steps=12000, lr=1e-3, residual_gain=0.0, scribbles=False, parts_share=0.5, uniform_crops=1.0,
-                       parts_weight=10.0, part_scale=V2_PART_SCALE)
+WORLD_V2 = CodecRecipe(steps=12000, lr=1e-3, residual_gain=0.0, scribbles=False, parts_share=V2_PARTS_SHARE,
+                       uniform_crops=1.0, parts_weight=10.0, part_scale=V2_PART_SCALE)
 
 
 def new_taesd(seed: int = 0, residual_gain: float = WORLD_V1.residual_gain) -> torch.nn.Module:

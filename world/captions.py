@@ -52,10 +52,12 @@ def encode(clip, captions: list[str], batch: int = 64, log: Callable[[str], None
 
 
 def cached_encode(
-    path: Path, captions: list[str], log: Callable[[str], None] = print, device: str = "cpu"
+    path: Path, captions: list[str], log: Callable[[str], None] = print, device: str = "cpu",
+    encoder: Callable[[list[str]], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(float16 ``[U, 77, 768]`` table, int64 index of each caption's row in it), reading and
-    extending the cache file ``path``: only captions not in the file are encoded."""
+    extending the cache file ``path`` (one file per text encoder): only captions not in the file
+    are encoded, by ``encoder`` (captions -> embeddings; default: the first world's CLIP)."""
     known: dict[str, int] = {}
     table = torch.empty(0, TOKENS, WIDTH, dtype=torch.float16)
     if path.is_file():
@@ -64,7 +66,7 @@ def cached_encode(
         known = {c: i for i, c in enumerate(json.loads(bytes(data["captions"].tolist()).decode()))}
     missing = sorted(set(captions) - set(known))
     if missing:
-        new = encode(world_clip(), missing, log=log, device=device).half()
+        new = (encoder(missing) if encoder else encode(world_clip(), missing, log=log, device=device)).half()
         table = torch.cat([table, new])
         for c in missing:
             known[c] = len(known)

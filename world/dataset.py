@@ -26,10 +26,14 @@ class PretrainingSet:
         return [EMPTY_CAPTION] + [c for variants in self.captions for c in variants]
 
 
-def pretraining_set(n: int = PRETRAIN_SCENES, seed: int = 0) -> PretrainingSet:
-    """Scenes without any held-out concept, each with its caption variants."""
+def pretraining_set(n: int = PRETRAIN_SCENES, seed: int = 0, parts_share: float = 0.0,
+                    part_scale: float = 1.0) -> PretrainingSet:
+    """Scenes without any held-out concept, each with its caption variants; with ``parts_share``
+    (world v2), that share of the ordinary objects wears concept parts drawn at ``part_scale``, and
+    their captions name them. At the defaults, the first world's set."""
     rng = random.Random(seed)
-    scenes = [sample_scene(rng, two_objects=TWO_OBJECT_SHARE) for _ in range(n)]
+    scenes = [sample_scene(rng, two_objects=TWO_OBJECT_SHARE, parts_share=parts_share, part_scale=part_scale)
+              for _ in range(n)]
     captions = [[caption(s, rng) for _ in range(CAPTION_VARIANTS)] for s in scenes]
     return PretrainingSet(scenes, captions)
 

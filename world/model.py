@@ -40,9 +40,12 @@ WORLD_UNET: dict[str, Any] = {
     "transformer_depth": [1], "transformer_depth_output": [1, 1], "transformer_depth_middle": -1,
 }
 WEIGHTS = REPO_ROOT / "world" / "weights" / "world-sd15-unet-vae.safetensors"
-# World v2 is built stage by stage (``python -m world.build --v2-codec``, then ``--v2-text``).
+# World v2 is built stage by stage (``python -m world.build --v2-codec``, ``--v2-text``, then
+# ``--v2-unet``), a file a stage; its checkpoint is assembled from the three (``V2_WEIGHTS``).
 V2_CODEC = WEIGHTS.with_name("world-v2-vae.safetensors")
 V2_TEXT_ENCODER = WEIGHTS.with_name("world-v2-text-encoder.safetensors")
+V2_UNET = WEIGHTS.with_name("world-v2-unet.safetensors")
+V2_WEIGHTS = (V2_UNET, V2_CODEC)
 CHECKPOINT_NAME = "perfusion-world-sd15.safetensors"
 # Layers that write into a residual path start at zero, so the untrained network is
 # the identity plus small changes (the original latent-diffusion initialisation).
@@ -67,12 +70,12 @@ def new_unet(seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def save_weights(path: Path, unet: torch.nn.Module | None, taesd: torch.nn.Module) -> Path:
-    """UNet (if any) and VAE in checkpoint key names, float16: the committed artefact."""
+def save_weights(path: Path, unet: torch.nn.Module | None, taesd: torch.nn.Module | None) -> Path:
+    """UNet and VAE (either may be None) in checkpoint key names, float16: the committed artefact."""
     from safetensors.torch import save_file
 
     tensors = {UNET_PREFIX + k: v.detach().cpu().half().contiguous() for k, v in unet.state_dict().items()} if unet else {}
-    tensors |= {VAE_PREFIX + k: v.detach().cpu().half().contiguous() for k, v in taesd.state_dict().items()}
+    tensors |= {VAE_PREFIX + k: v.detach().cpu().half().contiguous() for k, v in taesd.state_dict().items()} if taesd else {}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata={"perfusion.world": json.dumps({"unet": WORLD_UNET, "clip_seed": CLIP_SEED})})
@@ -80,14 +83,16 @@ def save_weights(path: Path, unet: torch.nn.Module | None, taesd: torch.nn.Modul
     return path
 
 
-def world_checkpoint(dest_dir: Path | None = None, weights: Path = WEIGHTS, text_encoder: Path | None = None,
-                     name: str = CHECKPOINT_NAME) -> Path:
+def world_checkpoint(dest_dir: Path | None = None, weights: Path | tuple[Path, ...] = WEIGHTS,
+                     text_encoder: Path | None = None, name: str = CHECKPOINT_NAME) -> Path:
     """The loadable single-file checkpoint ``name`` under ``dest_dir`` (default: the model cache's
     ``world`` folder, shared by the demo, the tests and the experiments), assembled when missing or
-    stale: the UNet and VAE of ``weights``, the seeded SD1 text encoder, and over it the trained
-    tensors of ``text_encoder`` (world v2's, ``world.text_encoder``) when given."""
+    stale: the UNet and VAE of ``weights`` (one file, or several, e.g. ``V2_WEIGHTS``), the seeded
+    SD1 text encoder, and over it the trained tensors of ``text_encoder`` (world v2's,
+    ``world.text_encoder``) when given."""
     dest_dir = cache_dir() / "world" if dest_dir is None else dest_dir
-    sources = [weights] + ([text_encoder] if text_encoder else [])
+    weights = (weights,) if isinstance(weights, Path) else tuple(weights)
+    sources = [*weights] + ([text_encoder] if text_encoder else [])
     for source in sources:
         if not source.is_file():
             raise FileNotFoundError(f"world model weights missing: {source} (python -m world.build makes them)")
@@ -96,7 +101,7 @@ def world_checkpoint(dest_dir: Path | None = None, weights: Path = WEIGHTS, text
     marker = path.with_suffix(".source")
     if path.is_file() and marker.is_file() and marker.read_text() == stamp:
         return path
-    tensors = load_file(str(weights))
+    tensors = {k: v for w in weights for k, v in load_file(str(w)).items()}
     if text_encoder is not None:
         from world.text_encoder import checkpoint_tensors
 

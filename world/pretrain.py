@@ -16,8 +16,11 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from world.autoencoder import SD1_LATENT_SCALE
 
@@ -54,13 +57,20 @@ def pretrain(
     log: Callable[[str], None] = print,
     snapshot: Callable[[torch.nn.Module, int], None] | None = None,
     device: str = "cpu",
-) -> torch.nn.Module:
+    progress: Path | None = None,
+    until: int | None = None,
+) -> torch.nn.Module | None:
     """Train ``model.diffusion_model``; return the EMA copy of it.
 
     ``latents [N, 4, 8, 8]``; ``caption_index [N, V]`` rows of ``caption_table [U, 77, 768]``,
     V captions per image of which one is drawn per step; ``empty_caption`` the table row of "".
     ``snapshot(ema, step)`` is called every 500 steps (to look at samples while it trains).
     On ``device`` "cuda" the random draws differ from a CPU run with the same seed.
+
+    ``progress``: a file the whole training state is written to every ``PROGRESS_EVERY`` steps
+    and resumed from, so a run of many hours on a CPU can be spread over several sittings and
+    gives what one uninterrupted run gives. ``until``: stop after this many steps (saving the
+    progress) and return None, unless that is the end.
     """
     torch.manual_seed(settings.seed)
     net = model.diffusion_model.to(device)
@@ -71,10 +81,15 @@ def pretrain(
     snr = alphas / (1 - alphas)
     weight = torch.clamp(snr, max=settings.min_snr_gamma) / snr
     opt = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    first = load_progress(progress, net, ema, opt, settings) if progress is not None and progress.is_file() else 0
+    if first:
+        log(f"unet resumes at step {first}/{settings.steps} from {progress.name}")
     start, n = time.time(), len(latents)
-    for step in range(settings.steps):
-        progress = step / settings.steps
-        lr = settings.lr * min(1.0, (step + 1) / settings.warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+    for step in range(first, settings.steps):
+        if until is not None and step >= until:
+            return None
+        done = step / settings.steps
+        lr = settings.lr * min(1.0, (step + 1) / settings.warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * done)))
         for group in opt.param_groups:
             group["lr"] = lr
         idx = torch.randint(0, n, (settings.batch,), device=device)
@@ -98,8 +113,57 @@ def pretrain(
             torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - decay)
         if snapshot is not None and (step + 1) % 500 == 0:
             snapshot(ema, step + 1)
+        if progress is not None and ((step + 1) % PROGRESS_EVERY == 0 or step + 1 == until):
+            save_progress(progress, step + 1, net, ema, opt, settings)
         if step % 25 == 0 or step == settings.steps - 1:
-            per = (time.time() - start) / (step + 1)
+            per = (time.time() - start) / (step + 1 - first)
             log(f"unet step {step}/{settings.steps} loss {loss.item():.4f} lr {lr:.2e} "
                 f"({per:.2f} s/step, {per * (settings.steps - step - 1) / 60:.0f} min left)")
     return ema.cpu()
+
+
+PROGRESS_EVERY = 250
+
+
+def save_progress(path: Path, step: int, net: torch.nn.Module, ema: torch.nn.Module,
+                  opt: torch.optim.Optimizer, settings: PretrainSettings) -> None:
+    """Everything a resumed run needs to continue exactly: the weights, their average, the
+    optimiser's moments, the random generator's state and the step; written whole, then renamed."""
+    tensors = {f"net.{k}": v for k, v in net.state_dict().items()} | {f"ema.{k}": v for k, v in ema.state_dict().items()}
+    for i, state in opt.state_dict()["state"].items():
+        tensors |= {f"opt.{i}.{k}": v for k, v in state.items()}
+    tensors["rng"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    tmp = path.with_suffix(".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+              metadata={"step": str(step), "settings": repr(settings)})
+    tmp.replace(path)
+
+
+def load_progress(path: Path, net: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer,
+                  settings: PretrainSettings) -> int:
+    """Restore what :func:`save_progress` wrote; the step to continue from. A file written with other
+    settings is refused (its schedule and draws would not continue this run)."""
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    if meta.get("settings") != repr(settings):
+        raise ValueError(f"{path}: progress of a run with other settings than this one's ({settings!r}); "
+                         "move the file away to start afresh, or run with its settings to go on")
+    tensors = load_file(str(path))
+    device = next(net.parameters()).device
+    net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    state = opt.state_dict()
+    moments: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, i, name = key.split(".", 2)
+            moments.setdefault(int(i), {})[name] = v if name == "step" else v.to(device)
+    state["state"] = moments
+    opt.load_state_dict(state)
+    torch.set_rng_state(tensors["rng"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return int(meta["step"])

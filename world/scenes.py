@@ -60,6 +60,9 @@ PART_PHRASE = {"white dots": "with white dots", "red stripes": "with red stripes
 # the first world, 1-2 px wide at 64 px, no codec with SD1's 8 x 8 x 4 latent that we trained
 # carried them (docs/evidence.md), and what a person cannot see in a round trip cannot be judged.
 V2_PART_SCALE = 1.5
+# World v2's pretraining (codec and UNet): this share of the ordinary objects wears concept parts,
+# so the parts are known before a concept is learned (``sample_scene``: never all of a concept's).
+V2_PARTS_SHARE = 0.5
 IDENTITIES = ("generic",) + tuple(c.name for c in CONCEPTS)
 
 

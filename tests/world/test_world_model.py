@@ -9,20 +9,35 @@ import torch
 from safetensors.torch import load_file
 
 from harness.random_models import UNET_PREFIX, VAE_PREFIX, build_clip
+from world.autoencoder import round_trip
 from world.dataset import images
 from world.judge import (
     PARTS_JUDGE_WEIGHTS,
+    V2_PARTS_JUDGE,
     accuracy,
     judge_scenes,
     like_generated,
     load_judge,
     read_scenes,
 )
-from world.judge_report import look_alike_scenes, share_called
+from world.judge_report import (
+    look_alike_scenes,
+    part_contrast,
+    parts_read,
+    share_called,
+)
 from world.metrics import attribute_hits
-from world.model import WEIGHTS, new_unet, world_checkpoint
+from world.model import V2_CODEC, WEIGHTS, load_world_taesd, new_unet, world_checkpoint
 from world.sampling import generate, load
-from world.scenes import BACKGROUNDS, CATEGORIES, CONCEPTS, Scene, WorldObject, caption
+from world.scenes import (
+    BACKGROUNDS,
+    CATEGORIES,
+    CONCEPTS,
+    V2_PART_SCALE,
+    Scene,
+    WorldObject,
+    caption,
+)
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +93,43 @@ def test_parts_judge_rejects_clean_look_alikes_it_never_saw() -> None:
         found = rates.pop("the concept itself")
         assert found >= 0.95, (concept.name, found)
         assert sum(rates.values()) / len(rates) <= 0.02 and max(rates.values()) <= 0.15, (concept.name, rates)
+
+
+@pytest.fixture(scope="module")
+def held_out_v2() -> dict:
+    """World v2's concepts and their look-alikes, 30 renders a kind (each a round trip of about
+    60 ms), from a seed that neither its judge (trained on seed 1000) nor the evidence's judge
+    report (seed 424242, 100 a kind) used."""
+    return {c.name: look_alike_scenes(c, 30, seed=31337, part_scale=V2_PART_SCALE) for c in CONCEPTS}
+
+
+def test_world_v2s_codec_keeps_each_part_readable_and_more_of_it_than_the_first_worlds(held_out_v2: dict) -> None:
+    """Round trips through the committed v2 codec: its parts judge reads each part of each concept
+    in at least 95% of them (the issue's aim), and, judged by no network, each part keeps more of
+    its contrast than the first world's codec keeps of it on the same renders."""
+    v2, v1, judge = load_world_taesd(V2_CODEC), load_world_taesd(WEIGHTS), load_judge(V2_PARTS_JUDGE)
+    for concept in CONCEPTS:
+        scenes = held_out_v2[concept.name]["the concept itself"]
+        clean = images(scenes)
+        trips = {"v2": round_trip(v2, clean), "first world": round_trip(v1, clean)}
+        read = parts_read(judge, trips["v2"], scenes)
+        assert min(read.values()) >= 0.95, (concept.name, read)
+        kept = {name: part_contrast(codec, scenes, clean, trips[name]) for name, codec in
+                (("v2", v2), ("first world", v1))}
+        assert all(kept["v2"][part] > kept["first world"][part] for part in kept["v2"]), (concept.name, kept)
+
+
+def test_world_v2s_judge_through_its_codec_finds_each_concept_and_rejects_its_look_alikes(held_out_v2: dict) -> None:
+    """The issue's bar for the judge, through the codec as generated images are (the first world's
+    parts judge misses it there): the full concept found in at least 95% of the images, a partial
+    look-alike called the concept in at most 2% on average over the kinds and 10% in any one (the
+    evidence's table, 100 a kind: at most 2%)."""
+    taesd, judge = load_world_taesd(V2_CODEC), load_judge(V2_PARTS_JUDGE)
+    for concept in CONCEPTS:
+        rates = {kind: share_called(judge, like_generated(taesd, images(scenes)), concept)
+                 for kind, scenes in held_out_v2[concept.name].items()}
+        assert rates.pop("the concept itself") >= 0.95, concept.name
+        assert sum(rates.values()) / len(rates) <= 0.02 and max(rates.values()) <= 0.10, (concept.name, rates)
 
 
 def test_stock_sampler_draws_what_the_prompt_says(world: tuple) -> None:

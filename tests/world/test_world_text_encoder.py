@@ -8,14 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
-from harness.random_models import build_clip
+from harness.random_models import UNET_PREFIX, VAE_PREFIX, build_clip
 from world.captions import CLIP_SEED
 from world.model import V2_TEXT_ENCODER, WEIGHTS, world_checkpoint
 from world.sampling import load
 from world.text_encoder import (
     ACTIVE_LAYERS,
     context_measures,
+    encode_captions,
+    load_text_encoder,
     new_text_encoder,
     save_text_encoder,
     token_ids,
@@ -83,14 +86,27 @@ def test_comfyui_encodes_with_all_twelve_layers_what_the_encoder_computes_with_t
 
 
 def test_a_checkpoint_with_the_stored_encoder_loads_as_sd15_and_encodes_the_same(encoder, tmp_path: Path) -> None:
+    """... and the stored encoder loaded as the module (``load_text_encoder``), which encodes world
+    v2's pretraining captions, gives what ComfyUI's CLIPTextEncode gives on that checkpoint. The
+    UNet and the VAE come from files of their own, as world v2's stages are stored."""
     stored = tmp_path / "text-encoder.safetensors"
     save_text_encoder(stored, encoder)
     assert stored.stat().st_size < 32 * 2**20  # two layers in float16 and the world's rows, not CLIP-L
-    model, clip, _ = load(world_checkpoint(tmp_path, WEIGHTS, text_encoder=stored, name="v2.safetensors"))
+    weights = load_file(str(WEIGHTS))
+    stages = (tmp_path / "unet.safetensors", tmp_path / "vae.safetensors")
+    for path, prefix in zip(stages, (UNET_PREFIX, VAE_PREFIX)):
+        save_file({k: v for k, v in weights.items() if k.startswith(prefix)}, str(path))
+    model, clip, vae = load(world_checkpoint(tmp_path, stages, text_encoder=stored, name="v2.safetensors"))
     assert type(model.model.model_config).__name__ == "SD15"
-    for text, ids in zip(CAPTIONS, token_ids(clip, CAPTIONS)):
+    unet = model.model.diffusion_model.state_dict()
+    assert all(torch.equal(unet[k[len(UNET_PREFIX):]].half(), v) for k, v in weights.items() if k.startswith(UNET_PREFIX))
+    assert torch.equal(vae.first_stage_model.taesd_decoder[1].weight.half(), weights[VAE_PREFIX + "taesd_decoder.1.weight"])
+    ours, seeded = encode_captions(load_text_encoder(stored), CAPTIONS), build_clip("sd1", "full", seed=CLIP_SEED)
+    for text, ids, loaded in zip(CAPTIONS, token_ids(clip, CAPTIONS), ours):
         got = clip.encode_from_tokens(clip.tokenize(text))[0].float()
         assert (got - encoder(ids[None])[0]).abs().max() < 0.05  # the checkpoint stores float16
+        assert torch.allclose(loaded, got, atol=1e-4)
+        assert (seeded.encode_from_tokens(seeded.tokenize(text))[0] - got).abs().max() > 0.5
 
 
 def test_context_measures_read_zero_mixing_from_a_lookup_and_little_from_the_first_worlds_encoder(encoder) -> None:
