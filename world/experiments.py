@@ -15,9 +15,25 @@ from typing import Any
 import torch
 
 from world.host import WorldHost
-from world.metrics import (Request, alignment, both_correct, composite_scenes, fidelity, in_slot, mean_ci, requests,
-                           training_scenes)
-from world.scenes import BACKGROUNDS, CONCEPT_BY_NAME, SETTING_PHRASE, Concept, Scene, caption
+from world.metrics import (
+    Request,
+    alignment,
+    both_correct,
+    composite_scenes,
+    fidelity,
+    in_slot,
+    mean_ci,
+    requests,
+    training_scenes,
+)
+from world.scenes import (
+    BACKGROUNDS,
+    CONCEPT_BY_NAME,
+    SETTING_PHRASE,
+    Concept,
+    Scene,
+    caption,
+)
 
 TRIGGER = "sks"
 SECOND_TRIGGER = "zwx"
@@ -26,10 +42,10 @@ SECOND_TRIGGER = "zwx"
 _SHORT = {"concept": "", "trigger": "", "train_beta": "tbeta", "lr_values": "lr", "timestep_sets": "tsets", "batch_size": "batch",
           "grad_accumulation": "accum", "statistics_captions": "stat", "embedding_only": "ti", "lr_embedding": "lremb",
           "train_keys": "nolock", "fp8_base": "fp8", "composites": "comp", "start_percent": "from",
-          "end_percent": "to"}
+          "end_percent": "to", "world": "world"}
 # TrainSpec fields added after concepts were cached, with their defaults.
 _LATER_FIELDS = {"embedding_only": False, "lr_embedding": 0.006, "train_keys": False, "fp8_base": False,
-                 "composites": 0, "start_percent": 0.0, "end_percent": 1.0}
+                 "composites": 0, "start_percent": 0.0, "end_percent": 1.0, "world": "v1"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +72,9 @@ class TrainSpec:
     # S1: trained only on this window of denoising progress (TrainPerfusion's start/end_percent).
     start_percent: float = 0.0
     end_percent: float = 1.0
+    # The world it is trained on (``world.worlds``): part of its cached name, so no world reuses
+    # another's concepts.
+    world: str = "v1"
 
     def what_to_train(self, train_node: ModuleType) -> str:
         """TrainPerfusion's what_to_train value: Perfusion, textual inversion or no key-lock."""
@@ -85,6 +104,8 @@ def train_concept(host: WorldHost, spec: TrainSpec) -> Any:
     """The CONCEPT trained by TrainPerfusion on ``spec.shots`` renders (cached by settings)."""
     import folder_paths
 
+    if spec.world != host.world.name:
+        raise ValueError(f"a concept for world {spec.world} asked of world {host.world.name}'s host")
     nodes = host.pack.nodes
     name = spec.name()
     if folder_paths.get_full_path("perfusion", name + ".safetensors") is not None:

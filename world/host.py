@@ -7,7 +7,7 @@ and sample through the stock sampler (``world.sampling``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -17,10 +17,10 @@ import torch
 
 from harness.comfy_host import REPO_ROOT, import_pack
 from world.judge import Judge, load_judge, read_scenes
-from world.model import world_checkpoint
 from world.render import render
 from world.sampling import generate, load
 from world.scenes import Scene
+from world.worlds import WORLDS, World
 
 PERFUSION_FOLDER = REPO_ROOT / ".cache" / "world" / "perfusion"
 
@@ -32,18 +32,19 @@ class WorldHost:
     clip: Any
     vae: Any
     judge: Judge
+    world: World = WORLDS["v1"]
     fp8_model: Any = None  # made on first use by base(fp8=True)
 
     @classmethod
-    def open(cls, perfusion_folder: Path = PERFUSION_FOLDER) -> "WorldHost":
+    def open(cls, perfusion_folder: Path = PERFUSION_FOLDER, world: World = WORLDS["v1"]) -> WorldHost:
         pack = import_pack()
         import folder_paths
 
         perfusion_folder.mkdir(parents=True, exist_ok=True)
         folder_paths.folder_names_and_paths["perfusion"] = ([str(perfusion_folder)], {".safetensors"})
         with torch.inference_mode():
-            model, clip, vae = load(world_checkpoint())
-        return cls(pack, model, clip, vae, load_judge())
+            model, clip, vae = load(world.checkpoint())
+        return cls(pack, model, clip, vae, load_judge(world.evidence_judge), world)
 
     def base(self, fp8: bool = False) -> Any:
         """The world MODEL, or (``fp8``) the same checkpoint with its UNet weights stored as float8 e4m3fn."""
@@ -51,12 +52,13 @@ class WorldHost:
             return self.model
         if self.fp8_model is None:
             with torch.inference_mode():
-                self.fp8_model = load(world_checkpoint(), torch.float8_e4m3fn)[0]
+                self.fp8_model = load(self.world.checkpoint(), torch.float8_e4m3fn)[0]
         return self.fp8_model
 
     def images_of(self, scenes: list[Scene]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(IMAGE [N, 64, 64, 3], MASK [N, 64, 64]) renders, as a LoadImage node would give them."""
-        pairs = [render(s) for s in scenes]
+        """(IMAGE [N, 64, 64, 3], MASK [N, 64, 64]) renders, as a LoadImage node would give them;
+        their parts drawn as large as the world draws them."""
+        pairs = [render(replace(s, part_scale=self.world.part_scale)) for s in scenes]
         img = np.stack([np.asarray(i, dtype=np.float32) / 255 for i, _ in pairs])
         mask = np.stack([np.asarray(m, dtype=np.float32) / 255 for _, m in pairs])
         return torch.from_numpy(img), torch.from_numpy(mask)

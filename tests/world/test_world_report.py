@@ -67,12 +67,36 @@ def test_concept_names_spell_every_setting_within_the_trainer_limit() -> None:
              replace(TrainSpec(), concept="striped_cup", trigger=SECOND_TRIGGER, statistics_captions=20000),
              replace(TrainSpec(), embedding_only=True), replace(TrainSpec(), embedding_only=True, lr_embedding=0.03),
              replace(TrainSpec(), train_keys=True), replace(TrainSpec(), fp8_base=True),
-             replace(TrainSpec(), composites=6)]
+             replace(TrainSpec(), composites=6), replace(TrainSpec(), world="v2")]
     names = [s.name() for s in specs]
     assert len(set(names)) == len(names)
     assert all(len(n) <= 150 for n in names)  # TrainPerfusion's output_name limit
     # Fields added later leave the names of concepts cached before them unchanged.
     assert specs[0].name() == "world_polka_teddy_sks_shots5_steps200_seed0_lr0.03_tbeta0.75_maskedTrue_tsets1_batch4_accum1_stat500"
+
+
+def test_a_host_renders_and_trains_for_its_own_world_only() -> None:
+    """World v2's host draws the concepts' parts at its scale, and refuses a concept of another
+    world (whose cached file would otherwise be reused)."""
+    import numpy as np
+
+    from world.experiments import train_concept
+    from world.host import WorldHost
+    from world.metrics import training_scenes
+    from world.render import render
+    from world.scenes import CONCEPT_BY_NAME
+    from world.worlds import WORLDS
+
+    hosts = {name: WorldHost(None, None, None, None, None, world) for name, world in WORLDS.items()}
+    scenes = training_scenes(CONCEPT_BY_NAME["polka_teddy"], 2, seed=0)
+    for name, host in hosts.items():
+        images, _ = host.images_of(scenes)
+        want = np.asarray(render(replace(scenes[0], part_scale=host.world.part_scale))[0], dtype=np.float32) / 255
+        assert np.array_equal(images[0].numpy(), want), name
+    assert not np.array_equal(hosts["v1"].images_of(scenes)[0].numpy(), hosts["v2"].images_of(scenes)[0].numpy())
+    with pytest.raises(ValueError, match="world v1 asked of world v2"):
+        train_concept(hosts["v2"], TrainSpec())
+    assert list(WORLDS["v1"].judges) == ["parts judge", "identity judge"] and list(WORLDS["v2"].judges) == ["parts judge"]
 
 
 def test_psnr_of_a_known_error() -> None:
