@@ -1,10 +1,12 @@
 """Measure the world model and Perfusion on it; write ``docs/evidence.md`` and its figures.
 
-    python -m world.evidence [--quick]
+    python -m world.evidence [--quick] [--world v2]
 
 The tables in ``docs/evidence.md`` (between its generated-section markers) and
 the figures in ``docs/evidence/`` are rewritten; the prose around them is not.
-Everything runs in-process on the committed world model and judge: concepts
+Another world's run (``--world``) has its own markers in the same doc and its
+own figures folder (``docs/evidence/v2/``), so the worlds' results never mix.
+Everything runs in-process on the world's committed model and judge: concepts
 are trained with the TrainPerfusion node, applied with ConceptGate and
 ApplyKeyLockedEdit, sampled with the stock Euler sampler and read by the judge.
 ``--quick`` uses one training seed and fewer samples (a smoke run, not evidence).
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import random
 import shlex
 import sys
@@ -25,16 +29,40 @@ from PIL import Image
 
 from harness.comfy_host import REPO_ROOT
 from world.dataset import images
-from world.experiments import (SECOND_TRIGGER, GateSpec, LoraSpec, TrainSpec, apply, concept_bytes, front, lora_baseline,
-                               train_concept, two_concepts, two_concepts_regional, variants)
+from world.experiments import (
+    SECOND_TRIGGER,
+    GateSpec,
+    LoraSpec,
+    TrainSpec,
+    apply,
+    concept_bytes,
+    front,
+    lora_baseline,
+    train_concept,
+    two_concepts,
+    two_concepts_regional,
+    variants,
+)
 from world.host import WorldHost
 from world.judge import accuracy, judge_scenes, like_generated
 from world.metrics import attribute_hits, companion_requests, mean_ci
 from world.plot import Point, scatter
-from world.report import write_tables
+from world.report import BEGIN, END, world_markers, write_tables
 from world.sampling import grid
-from world.scenes import (BACKGROUNDS, CATEGORIES, COLOURS, CONCEPT_BY_NAME, HIDDEN_COLOURS, SETTING_PHRASE, SLOTS,
-                          Scene, WorldObject, caption)
+from world.scenes import (
+    BACKGROUNDS,
+    CATEGORIES,
+    COLOURS,
+    CONCEPT_BY_NAME,
+    HIDDEN_COLOURS,
+    SETTING_PHRASE,
+    SLOTS,
+    Scene,
+    WorldObject,
+    caption,
+    random_parts,
+)
+from world.worlds import WORLDS
 
 PARTS = ("judge", "base", "front", "nolock", "ablations", "two", "regional", "lora", "ti", "companion")
 DOCS = REPO_ROOT / "docs"
@@ -46,8 +74,9 @@ def _log(message: str) -> None:
 
 
 def judge_report(host: WorldHost, n: int = 1000) -> dict[str, dict[str, float]]:
-    """The judge's accuracy on renders it never trained on, clean and through the world VAE."""
-    scenes = judge_scenes(n, seed=424242)
+    """The judge's accuracy on renders it never trained on (their parts drawn at the world's
+    scale), clean and through the world VAE."""
+    scenes = judge_scenes(n, seed=424242, part_scale=host.world.part_scale)
     clean = images(scenes)
     taesd = host.vae.first_stage_model
     return {"clean renders": accuracy(host.judge, clean, scenes),
@@ -56,14 +85,17 @@ def judge_report(host: WorldHost, n: int = 1000) -> dict[str, dict[str, float]]:
 
 def base_model_report(host: WorldHost, prompts: int, seeds: list[int]) -> tuple[dict[str, tuple[float, float]], list]:
     """How often the base model draws what a full one-object caption asks (per attribute, mean and CI
-    over prompts), and a few (prompt, images) pairs for a sample grid."""
+    over the prompts that ask it), and a few (prompt, images) pairs for a sample grid. In a world
+    whose pretraining names concept parts, every other object wears some (never all of a concept's)."""
     rng = random.Random(7)
     per_prompt: dict[str, list[float]] = {}
     shown = []
     for i in range(prompts):
         bg = rng.choice(BACKGROUNDS)
         colour = rng.choice([c for c in COLOURS if c not in HIDDEN_COLOURS[bg]])
-        asked = Scene(bg, (WorldObject(rng.choice(CATEGORIES), colour, rng.choice(SLOTS), "big"),))
+        category = rng.choice(CATEGORIES)
+        worn = random_parts(rng, category, colour) if host.world.parts_share and i % 2 else (None, None)
+        asked = Scene(bg, (WorldObject(category, colour, rng.choice(SLOTS), "big", False, None, *worn),))
         text = caption(asked)
         pictures = host.sample(text, seeds)
         hits = [attribute_hits(s, asked) for s in host.read(pictures)]
@@ -132,19 +164,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="learning rates of the LoRA baseline (TrainLoraNode's default, and a tenfold one)")
     parser.add_argument("--composites", type=int, default=6,
                         help="two-object renders added to the shots of the caption-trained concepts (two, ablations)")
-    parser.add_argument("--out", type=Path, default=FIGURES)
+    parser.add_argument("--world", default="v1", choices=sorted(WORLDS), help="the world model (world.worlds)")
+    parser.add_argument("--out", type=Path, help="figures and results.json (default: docs/evidence, "
+                        "or docs/evidence/<world> for another world)")
     parser.add_argument("--doc", type=Path, default=DOCS / "evidence.md", help="where the tables go")
     args = parser.parse_args(argv)
+    args.out = args.out or (FIGURES if args.world == "v1" else FIGURES / args.world)
     parts = set(args.parts.split(","))
     if unknown := parts - set(PARTS):
         parser.error(f"--parts: unknown {sorted(unknown)}; choose from {','.join(PARTS)}")
     if args.quick:
         args.steps, args.seeds, args.ablation_seeds, args.sample_seeds = 50, 1, 1, 1
     args.out.mkdir(parents=True, exist_ok=True)
-    host = WorldHost.open()
+    host = WorldHost.open(world=WORLDS[args.world])
     started = time.time()
     train_seeds, sample_seeds = list(range(args.seeds)), list(range(args.sample_seeds))
-    base = TrainSpec(steps=args.steps, lr_values=args.lr_values)
+    base = TrainSpec(steps=args.steps, lr_values=args.lr_values, world=args.world)
     gate = GateSpec()
     # Parts measured by an earlier run stay (a run of some --parts adds to the results).
     saved = args.out / "results.json"
@@ -225,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         companion_plot(results["companion"]).save(args.out / "front_companion.png")
     results["settings"]["minutes"] = round((time.time() - started) / 60, 1)
     saved.write_text(json.dumps(results, indent=1, default=str))
-    write_tables(args.doc, results)
+    figures = os.path.relpath(args.out.resolve(), args.doc.resolve().parent)
+    write_tables(args.doc, results, Path(figures).as_posix(), world_markers(BEGIN, END, args.world))
     _log(f"wrote {args.out} and {args.doc}")
     return 0
 
@@ -291,7 +327,7 @@ def _merge_rows(earlier: list[dict], measured: list[dict], order: list[str] | No
 
 
 def _finite(ci: float) -> float:
-    return 0.0 if ci != ci else ci  # NaN (one seed): no error bar
+    return 0.0 if math.isnan(ci) else ci  # one seed: no error bar
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import torch
 
 from world.host import WorldHost
 from world.metrics import (
+    CONCEPT_PARTS,
     Request,
     alignment,
     both_correct,
@@ -23,6 +24,7 @@ from world.metrics import (
     fidelity,
     in_slot,
     mean_ci,
+    part_hits,
     requests,
     training_scenes,
 )
@@ -141,15 +143,18 @@ class Score:
     fidelity: float
     alignment: float
     images: int
+    parts: dict[str, float]  # share of images with each concept part (``part_hits``)
 
 
 def score(host: WorldHost, model: Any, clip: Any, concept: Concept, asked: list[Request], seeds: list[int]) -> Score:
-    fid, ali = [], []
+    fid, ali, parts = [], [], []
     for request in asked:
         seen = host.read(host.sample(request.prompt, seeds, model=model, clip=clip))
         fid += [fidelity(s, concept) for s in seen]
         ali += [alignment(s, request) for s in seen]
-    return Score(sum(fid) / len(fid), sum(ali) / len(ali), len(fid))
+        parts += [part_hits(s, concept) for s in seen]
+    return Score(sum(fid) / len(fid), sum(ali) / len(ali), len(fid),
+                 {p: sum(h[p] for h in parts) / len(parts) for p in CONCEPT_PARTS})
 
 
 def front(host: WorldHost, base: TrainSpec, train_seeds: list[int], betas: list[float], locks: list[str],
@@ -158,7 +163,6 @@ def front(host: WorldHost, base: TrainSpec, train_seeds: list[int], betas: list[
     on ``asked`` (default: the concept alone in every setting and place)."""
     concept = CONCEPT_BY_NAME[base.concept]
     asked = asked or requests(base.trigger)
-    rows: list[dict] = []
     per_seed: dict[tuple[str, float], list[Score]] = {}
     for seed in train_seeds:
         trained = train_concept(host, replace(base, seed=seed))
@@ -166,12 +170,7 @@ def front(host: WorldHost, base: TrainSpec, train_seeds: list[int], betas: list[
             for beta in betas:
                 model, clip = apply(host, trained, GateSpec(beta=beta, tau=tau, lock=lock))
                 per_seed.setdefault((lock, beta), []).append(score(host, model, clip, concept, asked, sample_seeds))
-    for (lock, beta), scores in per_seed.items():
-        f, fci = mean_ci([s.fidelity for s in scores])
-        a, aci = mean_ci([s.alignment for s in scores])
-        rows.append({"lock": lock, "beta": beta, "tau": tau, "fidelity": f, "fidelity_ci": fci,
-                     "alignment": a, "alignment_ci": aci, "seeds": len(scores), "images": sum(s.images for s in scores)})
-    return rows
+    return [{"lock": lock, "beta": beta, "tau": tau} | _stats(scores) for (lock, beta), scores in per_seed.items()]
 
 
 @dataclass(frozen=True)
@@ -225,11 +224,17 @@ def concept_bytes(spec: TrainSpec) -> int:
     return os.path.getsize(folder_paths.get_full_path("perfusion", spec.name() + ".safetensors"))
 
 
-def _row(label: str, scores: list[Score]) -> dict:
+def _stats(scores: list[Score]) -> dict:
+    """Mean and 95% interval over training seeds of fidelity, alignment and each part's share."""
     f, fci = mean_ci([s.fidelity for s in scores])
     a, aci = mean_ci([s.alignment for s in scores])
-    return {"variant": label, "fidelity": f, "fidelity_ci": fci, "alignment": a, "alignment_ci": aci,
+    parts = {p: mean_ci([s.parts[p] for s in scores]) for p in CONCEPT_PARTS}
+    return {"fidelity": f, "fidelity_ci": fci, "alignment": a, "alignment_ci": aci, "parts": parts,
             "seeds": len(scores), "images": sum(s.images for s in scores)}
+
+
+def _row(label: str, scores: list[Score]) -> dict:
+    return {"variant": label} | _stats(scores)
 
 
 def variants(host: WorldHost, runs: dict[str, tuple[TrainSpec, GateSpec]], train_seeds: list[int],

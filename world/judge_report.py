@@ -33,7 +33,7 @@ from world.judge import (
 from world.metrics import fidelity
 from world.model import load_world_taesd
 from world.render import VISIBLE_CHANGE, without_parts
-from world.report import write_section
+from world.report import world_markers, write_section
 from world.sampling import grid
 from world.scenes import (
     CONCEPTS,
@@ -52,9 +52,7 @@ PARTS = ("category", "colour", "pattern", "accessory")
 
 def markers(world: str) -> tuple[str, str]:
     """Where in the doc a world's table goes (the first world's keeps its original markers)."""
-    if world == "v1":
-        return BEGIN, END
-    return tuple(m.replace("judge_report", f"judge_report --world {world}") for m in (BEGIN, END))
+    return world_markers(BEGIN, END, world)
 
 
 def look_alike_scenes(concept: Concept, per_kind: int, seed: int = SEED, part_scale: float = 1.0) -> dict[str, list[Scene]]:

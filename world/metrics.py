@@ -4,6 +4,8 @@ They stand in for the paper's CLIP image similarity (does it look like the
 concept?) and CLIP text similarity (does it show what the prompt asks?):
 
 * fidelity: 1 when the judge finds the concept instance in any slot;
+* part hits: per part of the concept (colour, pattern, accessory), 1 when an object of
+  its category wears that part (read by a parts judge; with the identity judge they follow fidelity);
 * alignment: the share of the prompt's other requests that hold: the setting,
   and, when the prompt names one, the place (an object stands in that slot);
   with a companion object ("a photo of a sks and a red chair"), also that the
@@ -22,8 +24,19 @@ import random
 import statistics
 from dataclasses import dataclass
 
-from world.scenes import (BACKGROUNDS, CATEGORIES, COLOURS, HIDDEN_COLOURS, SETTING_PHRASE, SLOT_PHRASE, SLOTS, Concept,
-                          Scene, WorldObject, concept_object)
+from world.scenes import (
+    BACKGROUNDS,
+    CATEGORIES,
+    COLOURS,
+    HIDDEN_COLOURS,
+    SETTING_PHRASE,
+    SLOT_PHRASE,
+    SLOTS,
+    Concept,
+    Scene,
+    WorldObject,
+    concept_object,
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,16 @@ def requests(trigger: str, places: bool = True) -> list[Request]:
 
 def fidelity(seen: Scene, concept: Concept) -> float:
     return float(any(o.concept == concept.name for o in seen.objects))
+
+
+CONCEPT_PARTS = ("colour", "pattern", "accessory")
+
+
+def part_hits(seen: Scene, concept: Concept) -> dict[str, float]:
+    """For each of the concept's own parts: 1.0 when an object of its category wears it. Beside
+    fidelity (all parts at once) this says which part a generated image loses."""
+    kin = [o for o in seen.objects if o.category == concept.category]
+    return {p: float(any(getattr(o, p) == getattr(concept, p) for o in kin)) for p in CONCEPT_PARTS}
 
 
 def alignment(seen: Scene, request: Request) -> float:
@@ -148,7 +171,8 @@ def composite_scenes(concept: Concept, n: int, seed: int) -> list[Scene]:
 
 
 def attribute_hits(seen: Scene, asked: Scene) -> dict[str, float]:
-    """For a one-object prompt scene: did the image get its category, colour, setting and place right?"""
+    """For a one-object prompt scene: did the image get its category, colour, setting and place right,
+    and the pattern and accessory the object wears, where it wears one?"""
     want = asked.objects[0]
     got = seen.object_in(want.slot)
     return {
@@ -156,4 +180,5 @@ def attribute_hits(seen: Scene, asked: Scene) -> dict[str, float]:
         "colour": float(any(o.colour == want.colour for o in seen.objects)),
         "setting": float(seen.background == asked.background),
         "place": float(got is not None),
-    }
+    } | {part: float(any(getattr(o, part) == getattr(want, part) for o in seen.objects))
+         for part in ("pattern", "accessory") if getattr(want, part)}

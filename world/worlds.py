@@ -16,7 +16,7 @@ from world.model import (
     WEIGHTS,
     world_checkpoint,
 )
-from world.scenes import V2_PART_SCALE
+from world.scenes import V2_PART_SCALE, V2_PARTS_SHARE
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class World:
     parts_judge: Path           # reads each part of each object
     evidence_judge: Path        # scores the evidence's images
     part_scale: float           # ``Scene.part_scale`` of everything rendered for it
+    parts_share: float          # share of its pretraining objects wearing (and captioned with) concept parts
     checkpoint_name: str
 
     @property
@@ -43,7 +44,7 @@ class World:
 
 WORLDS: dict[str, World] = {
     # The first world scores its evidence with the judge of one identity per object.
-    "v1": World("v1", (WEIGHTS,), WEIGHTS, None, PARTS_JUDGE_WEIGHTS, JUDGE_WEIGHTS, 1.0, CHECKPOINT_NAME),
+    "v1": World("v1", (WEIGHTS,), WEIGHTS, None, PARTS_JUDGE_WEIGHTS, JUDGE_WEIGHTS, 1.0, 0.0, CHECKPOINT_NAME),
     "v2": World("v2", V2_WEIGHTS, V2_CODEC, V2_TEXT_ENCODER, V2_PARTS_JUDGE, V2_PARTS_JUDGE, V2_PART_SCALE,
-                "perfusion-world-v2-sd15.safetensors"),
+                V2_PARTS_SHARE, "perfusion-world-v2-sd15.safetensors"),
 }

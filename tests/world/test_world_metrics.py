@@ -7,10 +7,31 @@ import random
 
 import pytest
 
-from world.metrics import (alignment, both_correct, companion_requests, composite_scenes, fidelity, in_slot, mean_ci, median_ci,
-                           requests, training_scenes)
-from world.scenes import (BACKGROUNDS, CATEGORIES, CONCEPTS, HIDDEN_COLOURS, SLOTS, Scene, WorldObject, caption,
-                          concept_object)
+from world.metrics import (
+    alignment,
+    attribute_hits,
+    both_correct,
+    companion_requests,
+    composite_scenes,
+    fidelity,
+    in_slot,
+    mean_ci,
+    median_ci,
+    part_hits,
+    requests,
+    training_scenes,
+)
+from world.scenes import (
+    BACKGROUNDS,
+    CATEGORIES,
+    CONCEPTS,
+    HIDDEN_COLOURS,
+    SLOTS,
+    Scene,
+    WorldObject,
+    caption,
+    concept_object,
+)
 
 TEDDY, CUP = CONCEPTS[0], CONCEPTS[1]
 
@@ -57,6 +78,32 @@ def test_alignment_with_a_companion_counts_its_place_category_and_colour() -> No
     alone = Scene("snow", (teddy,))
     assert [alignment(s, request) for s in (right, recoloured, taken_over, alone)] == [1.0, 2 / 3, 1 / 3, 0.0]
     assert fidelity(right, TEDDY) == 1.0
+
+
+def test_part_hits_count_each_part_on_an_object_of_the_concepts_category_only() -> None:
+    whole = Scene("beach", (concept_object(TEDDY, "left", "big"),))
+    hat_only = Scene("beach", (WorldObject("teddy", "red", "left", "big", accessory=TEDDY.accessory),))
+    on_a_cup = Scene("beach", (WorldObject("cup", TEDDY.colour, "left", "big", pattern=TEDDY.pattern,
+                                           accessory=TEDDY.accessory),))
+    # Parts spread over two teddies still count per part (fidelity, which wants one object, does not).
+    spread = Scene("beach", (WorldObject("teddy", TEDDY.colour, "left", "small"),
+                             WorldObject("teddy", "red", "right", "small", pattern=TEDDY.pattern)))
+    assert part_hits(whole, TEDDY) == {"colour": 1.0, "pattern": 1.0, "accessory": 1.0}
+    assert part_hits(hat_only, TEDDY) == {"colour": 0.0, "pattern": 0.0, "accessory": 1.0}
+    assert part_hits(on_a_cup, TEDDY) == {"colour": 0.0, "pattern": 0.0, "accessory": 0.0}
+    assert part_hits(spread, TEDDY) == {"colour": 1.0, "pattern": 1.0, "accessory": 0.0}
+    assert fidelity(spread, TEDDY) == 0.0 and fidelity(whole, TEDDY) == 1.0
+
+
+def test_attribute_hits_count_worn_parts_only_where_the_prompt_asks_one() -> None:
+    plain = Scene("snow", (WorldObject("cup", "red", "left", "big"),))
+    dotted = Scene("snow", (WorldObject("cup", "red", "left", "big", pattern="white dots"),))
+    assert attribute_hits(dotted, plain) == {"category": 1.0, "colour": 1.0, "setting": 1.0, "place": 1.0}
+    assert attribute_hits(plain, dotted) == {"category": 1.0, "colour": 1.0, "setting": 1.0, "place": 1.0,
+                                             "pattern": 0.0}
+    hatted = Scene("grass", (WorldObject("chair", "blue", "right", "big", pattern="white dots", accessory="top hat"),))
+    assert attribute_hits(hatted, dotted) == {"category": 0.0, "colour": 0.0, "setting": 0.0, "place": 0.0,
+                                              "pattern": 1.0}
 
 
 def test_two_concepts_must_each_be_in_their_own_slot() -> None:
