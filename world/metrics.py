@@ -108,6 +108,18 @@ def both_correct(seen: Scene, left: Concept, right: Concept) -> float:
     return in_slot(seen, "left", left) * in_slot(seen, "right", right)
 
 
+def placed_hits(seen: Scene, asked: Scene) -> dict[str, float]:
+    """For a two-object prompt scene (first named left, second right): is each object drawn in its
+    place with its category and colour, and are both? Generic objects' ``both_correct``: the most
+    two concepts in one prompt can reach where the world draws them."""
+    def drawn(want: WorldObject) -> float:
+        got = seen.object_in(want.slot)
+        return float(got is not None and (got.category, got.colour) == (want.category, want.colour))
+
+    left, right = (drawn(o) for o in asked.objects)
+    return {"left object": left, "right object": right, "both": left * right}
+
+
 def mean_ci(values: list[float], z: float = 1.96) -> tuple[float, float]:
     """Mean and the half-width of its normal-approximation 95% confidence interval."""
     n = len(values)

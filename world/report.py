@@ -57,6 +57,10 @@ def tables(results: dict, figures: str = "evidence") -> str:
         parts.append("### Base world model: share of images with the asked attribute\n\n"
                      f"![base samples]({figures}/base_samples.png)\n\n"
                      + _table(["attribute", "share"], [[k, _pm(*v)] for k, v in base.items()]))
+    if two := results.get("base_two_objects"):
+        parts.append("### Base world model, two objects asked (`a photo of a red cup and a blue chair <setting>`): "
+                     "share of images with each drawn in its place, in its colour\n\n"
+                     + _table(["object", "share"], [[k, _pm(*v)] for k, v in two.items()]))
     if front := results.get("front"):
         rows = [r | {"setting": f"{r['lock']} lock, beta {r['beta']}"} for r in front]
         parts.append(_scores("### Perfusion front by inference beta (tau 0.15), one trained concept per seed\n\n"

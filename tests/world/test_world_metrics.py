@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -18,6 +19,7 @@ from world.metrics import (
     mean_ci,
     median_ci,
     part_hits,
+    placed_hits,
     requests,
     training_scenes,
 )
@@ -104,6 +106,17 @@ def test_attribute_hits_count_worn_parts_only_where_the_prompt_asks_one() -> Non
     hatted = Scene("grass", (WorldObject("chair", "blue", "right", "big", pattern="white dots", accessory="top hat"),))
     assert attribute_hits(hatted, dotted) == {"category": 0.0, "colour": 0.0, "setting": 0.0, "place": 0.0,
                                               "pattern": 1.0}
+
+
+def test_placed_hits_want_each_object_in_its_place_with_its_category_and_colour() -> None:
+    cup, chair = WorldObject("cup", "red", "left", "small"), WorldObject("chair", "blue", "right", "small")
+    asked = Scene("grass", (cup, chair))
+    swapped = Scene("grass", (replace(cup, slot="right"), replace(chair, slot="left")))
+    recoloured = Scene("snow", (cup, replace(chair, colour="red")))
+    assert placed_hits(asked, asked) == {"left object": 1.0, "right object": 1.0, "both": 1.0}
+    assert placed_hits(swapped, asked) == {"left object": 0.0, "right object": 0.0, "both": 0.0}
+    assert placed_hits(recoloured, asked) == {"left object": 1.0, "right object": 0.0, "both": 0.0}
+    assert placed_hits(Scene("grass", (cup,)), asked)["both"] == 0.0
 
 
 def test_two_concepts_must_each_be_in_their_own_slot() -> None:

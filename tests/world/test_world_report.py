@@ -40,6 +40,8 @@ def test_tables_show_each_measured_value_with_its_interval() -> None:
     assert ("| local | 0.7 | `sks, on the left` + `zwx, on the right` | 0.50 ± 0.25 | 0.75 ± 0.10 | 0.60 ± 0.20 "
             "| 45 |") in text
     assert "Textual inversion" not in text  # a part that was not measured has no table
+    two = tables(RESULTS | {"base_two_objects": {"left object": [0.8, 0.1], "both": [0.5, 0.2]}})
+    assert "two objects asked" in two and "| both | 0.50 ± 0.20 |" in two and "two objects asked" not in text
 
 
 def test_part_shares_stand_beside_fidelity_when_every_row_has_them() -> None:
