@@ -27,7 +27,14 @@ from world.judge_report import (
     share_called,
 )
 from world.metrics import attribute_hits
-from world.model import V2_CODEC, WEIGHTS, load_world_taesd, new_unet, world_checkpoint
+from world.model import (
+    V2_CODEC,
+    V2_UNET,
+    WEIGHTS,
+    load_world_taesd,
+    new_unet,
+    world_checkpoint,
+)
 from world.sampling import generate, load
 from world.scenes import (
     BACKGROUNDS,
@@ -130,6 +137,25 @@ def test_world_v2s_judge_through_its_codec_finds_each_concept_and_rejects_its_lo
                  for kind, scenes in held_out_v2[concept.name].items()}
         assert rates.pop("the concept itself") >= 0.95, concept.name
         assert sum(rates.values()) / len(rates) <= 0.02 and max(rates.values()) <= 0.10, (concept.name, rates)
+
+
+def test_world_v2_draws_what_its_captions_ask_and_the_parts_they_name() -> None:
+    """World v2 assembled from its three files (UNet, codec, text encoder), through ComfyUI's stock
+    loader and Euler sampler, read by its parts judge: one-object captions' category, colour and
+    setting, and on every other caption the concept part the object wears ('a photo of a big red
+    cup with white dots on the snow'). The base model knows each part by name before any concept
+    is learned, so a concept has only to bind them to its trigger."""
+    from world.evidence import base_model_report
+    from world.host import WorldHost
+    from world.worlds import WORLDS
+
+    assert V2_UNET.stat().st_size < 60 * 2**20
+    rates, _ = base_model_report(WorldHost.open(world=WORLDS["v2"]), 16, [0])
+    means = {k: mean for k, (mean, _) in rates.items()}
+    assert min(means[k] for k in ("category", "colour", "setting", "place")) >= 0.75, means
+    # Measured when committed: every asked pattern drawn, an asked accessory in a third of the
+    # images (the evidence says so); the accessories' share is not yet a property to hold.
+    assert means["pattern"] >= 0.5, means
 
 
 def test_stock_sampler_draws_what_the_prompt_says(world: tuple) -> None:
