@@ -98,9 +98,7 @@ def base_model_report(host: WorldHost, prompts: int, seeds: list[int]) -> tuple[
         asked = Scene(bg, (WorldObject(category, colour, rng.choice(SLOTS), "big", False, None, *worn),))
         text = caption(asked)
         pictures = host.sample(text, seeds)
-        hits = [attribute_hits(s, asked) for s in host.read(pictures)]
-        for key in hits[0]:
-            per_prompt.setdefault(key, []).append(sum(h[key] for h in hits) / len(hits))
+        _add_shares(per_prompt, [attribute_hits(s, asked) for s in host.read(pictures)])
         if i < 8:
             shown.append((text, pictures))
     return {k: mean_ci(v) for k, v in per_prompt.items()}, shown
@@ -117,10 +115,14 @@ def two_object_base_report(host: WorldHost, prompts: int, seeds: list[int]) -> d
         first, second = rng.sample(CATEGORIES, 2)
         asked = Scene(bg, (WorldObject(first, rng.choice(colours), "left", "small"),
                            WorldObject(second, rng.choice(colours), "right", "small")))
-        hits = [placed_hits(s, asked) for s in host.read(host.sample(caption(asked), seeds))]
-        for key in hits[0]:
-            per_prompt.setdefault(key, []).append(sum(h[key] for h in hits) / len(hits))
+        _add_shares(per_prompt, [placed_hits(s, asked) for s in host.read(host.sample(caption(asked), seeds))])
     return {k: mean_ci(v) for k, v in per_prompt.items()}
+
+
+def _add_shares(per_prompt: dict[str, list[float]], hits: list[dict[str, float]]) -> None:
+    """Append one prompt's share of images with each attribute (the keys of its images' hits)."""
+    for key in hits[0]:
+        per_prompt.setdefault(key, []).append(sum(h[key] for h in hits) / len(hits))
 
 
 def concept_grid(host: WorldHost, spec: TrainSpec, gate: GateSpec, seeds: list[int]) -> Image.Image:
